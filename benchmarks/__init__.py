@@ -1,0 +1,1 @@
+"""Reproducible speed measurements quoted in the README (`vidshard bench ...`)."""

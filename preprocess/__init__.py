@@ -1,0 +1,1 @@
+"""Raw videos to samples: probe, plan, encode, run (see ARCHITECTURE.md)."""

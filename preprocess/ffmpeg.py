@@ -1,0 +1,168 @@
+"""The one module that builds ffmpeg commands (with ffmpeg-python) and runs them.
+
+The ffmpeg binary is, in order: ``$VIDSHARD_FFMPEG``, an ``ffmpeg`` on ``PATH``,
+or the one bundled with imageio-ffmpeg (so no system install is needed).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import ffmpeg
+
+
+class FFmpegError(RuntimeError):
+    """ffmpeg exited non-zero; ``stderr_tail`` holds its last lines."""
+
+    def __init__(self, message: str, stderr_tail: str = "") -> None:
+        super().__init__(message + (f"\n{stderr_tail}" if stderr_tail else ""))
+        self.stderr_tail = stderr_tail
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary to use (see module docstring)."""
+    env = os.environ.get("VIDSHARD_FFMPEG")
+    if env:
+        if not (Path(env).is_file() or shutil.which(env)):
+            raise FileNotFoundError(f"VIDSHARD_FFMPEG={env!r} is not an executable; unset it or fix the path")
+        return env
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def run(args: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a full command line (``args[0]`` is the binary); raise FFmpegError on failure."""
+    try:
+        proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise FFmpegError(f"ffmpeg took longer than {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.decode("utf-8", "replace").strip().splitlines()[-8:])
+        raise FFmpegError(f"ffmpeg exited with code {proc.returncode}", tail)
+    return proc
+
+
+def run_stream(stream: ffmpeg.nodes.OutputStream, timeout: float | None = None) -> None:
+    """Compile an ffmpeg-python graph with our binary and run it."""
+    args = stream.global_args("-hide_banner", "-nostdin", "-loglevel", "error").compile(cmd=ffmpeg_exe())
+    run(args, timeout=timeout)
+
+
+# --- Synthetic videos (tests, the demo, benchmarks) -------------------------------------------
+
+# Encoder settings per codec name, so tests can make every codec real users have.
+CODECS: dict[str, dict[str, str]] = {
+    "h264": {"c:v": "libx264", "pix_fmt": "yuv420p", "preset": "veryfast"},
+    "h264_444": {"c:v": "libx264", "pix_fmt": "yuv444p", "preset": "veryfast"},
+    "mpeg4": {"c:v": "mpeg4", "pix_fmt": "yuv420p", "q:v": "5"},
+    "msmpeg4": {"c:v": "msmpeg4", "pix_fmt": "yuv420p", "q:v": "5"},
+    "mjpeg": {"c:v": "mjpeg", "pix_fmt": "yuvj420p", "q:v": "5"},
+    "vp8": {"c:v": "libvpx", "pix_fmt": "yuv420p", "b:v": "500k", "deadline": "realtime", "cpu-used": "8"},
+    "vp9": {"c:v": "libvpx-vp9", "pix_fmt": "yuv420p", "b:v": "500k", "deadline": "realtime",
+            "cpu-used": "8"},
+    "theora": {"c:v": "libtheora", "pix_fmt": "yuv420p", "q:v": "6"},
+    "cinepak": {"c:v": "cinepak", "pix_fmt": "rgb24"},
+    "hevc": {"c:v": "libx265", "pix_fmt": "yuv420p", "preset": "ultrafast", "x265-params": "log-level=error"},
+}
+AUDIO_CODECS = {".mp4": "aac", ".mov": "aac", ".mkv": "libvorbis", ".webm": "libopus",
+                ".ogv": "libvorbis", ".avi": "pcm_s16le"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Synth:
+    """A synthetic test video made from ffmpeg's own sources."""
+
+    seconds: float = 2.0
+    """Duration."""
+    fps: float = 25.0
+    """Frame rate."""
+    width: int = 320
+    """Width in stored pixels."""
+    height: int = 240
+    """Height in stored pixels."""
+    pattern: str = "testsrc2"
+    """``testsrc2``, ``mandelbrot``, ``counter`` (frame number as 10 black/white
+    bars, see :func:`read_counter`) or ``moving`` (a white square on black moving
+    at ``velocity``)."""
+    codec: str = "h264"
+    """A key of :data:`CODECS`."""
+    audio: bool = False
+    """Add a sine tone."""
+    sar: str | None = None
+    """Sample aspect ratio such as ``"4/3"`` for non-square pixels."""
+    gop: int | None = None
+    """Keyframe interval, if not the encoder's default."""
+    velocity: tuple[float, float] = (40.0, 0.0)
+    """``moving``: pixels per second (x, y)."""
+    start: tuple[float, float] = (0.0, 0.0)
+    """``moving``: top-left corner of the square at t=0."""
+    box: int = 32
+    """``moving``: side of the square in pixels."""
+
+
+COUNTER_BITS = 10
+
+
+def _source(s: Synth) -> ffmpeg.nodes.FilterableStream:
+    size = f"{s.width}x{s.height}"
+    if s.pattern in ("testsrc2", "mandelbrot"):
+        v = ffmpeg.input(f"{s.pattern}=size={size}:rate={s.fps}", f="lavfi", t=s.seconds)
+    elif s.pattern == "counter":
+        # Bar b (of COUNTER_BITS across the width) is white when bit b of the frame number is set.
+        lum = f"255*mod(floor(N/pow(2,floor(X*{COUNTER_BITS}/W))),2)"
+        v = ffmpeg.input(f"color=c=black:size={size}:rate={s.fps}", f="lavfi", t=s.seconds)
+        v = v.filter("format", "yuv420p").filter("geq", lum=lum, cb="128", cr="128")
+    elif s.pattern == "moving":
+        bg = ffmpeg.input(f"color=c=black:size={size}:rate={s.fps}", f="lavfi", t=s.seconds)
+        sq = ffmpeg.input(f"color=c=white:size={s.box}x{s.box}:rate={s.fps}", f="lavfi", t=s.seconds)
+        (x0, y0), (vx, vy) = s.start, s.velocity
+        # Wrap around the frame so the square never leaves the picture.
+        x = f"mod({x0}+{vx}*t+{s.width * 4},{s.width - s.box})"
+        y = f"mod({y0}+{vy}*t+{s.height * 4},{s.height - s.box})"
+        v = ffmpeg.overlay(bg, sq, x=x, y=y, eval="frame")
+    else:
+        raise ValueError(f"unknown synthetic pattern {s.pattern!r}")
+    if s.sar:
+        v = v.filter("setsar", s.sar)
+    return v
+
+
+def synth_video(path: str | Path, spec: Synth = Synth()) -> Path:
+    """Write a synthetic video to ``path``; the container follows the extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if spec.codec not in CODECS:
+        raise ValueError(f"unknown codec {spec.codec!r}; one of {sorted(CODECS)}")
+    opts = dict(CODECS[spec.codec])
+    if spec.gop:
+        opts["g"] = str(spec.gop)
+    streams = [_source(spec)]
+    if spec.audio:
+        streams.append(ffmpeg.input("sine=frequency=440:sample_rate=44100", f="lavfi", t=spec.seconds))
+        opts["c:a"] = AUDIO_CODECS.get(path.suffix.lower(), "aac")
+    out = ffmpeg.output(*streams, str(path), t=spec.seconds, **opts).overwrite_output()
+    run_stream(out, timeout=300)
+    return path
+
+
+def read_counter(gray_row: list[int] | object, width: int) -> int:
+    """Decode the frame number drawn by the ``counter`` pattern from one luma row.
+
+    ``gray_row`` is a sequence of ``width`` luma values (0..255) across the picture.
+    """
+    n = 0
+    for b in range(COUNTER_BITS):
+        x = int((b + 0.5) * width / COUNTER_BITS)
+        if int(gray_row[x]) > 127:
+            n |= 1 << b
+    return n

@@ -1,0 +1,1 @@
+"""The shard-set contract (format ``vidshard/1``): schema, writer, reader, verify, serve."""

@@ -1,0 +1,1 @@
+"""The video ViT, the training and evaluation loops, checkpoints and metrics."""
