@@ -1,0 +1,206 @@
+"""A local cache of shards fetched over HTTP, checked against the manifest.
+
+Training on another machine reads ``http://host:port/`` (a shard set served by
+``vidshard serve``). With a cache directory, each shard is downloaded once into
+a temporary file, its size and SHA-256 are checked against the manifest's
+:class:`~vidshard.shards.schema.ShardInfo`, and only then is it renamed into the
+cache, so later epochs and runs read it from local disk and never train on a
+truncated or corrupt download.
+
+Cache layout: ``CACHE_DIR/sha256/AB/ABCDEF....tar`` (the file's own SHA-256),
+so two shard sets whose shards share names never collide, and a shard that two
+sets share is stored once. A dropped connection resumes with a Range request
+(a fresh GET when the server ignores it); a download whose size or hash is
+wrong is thrown away and fetched again; after the last attempt
+:class:`FetchError` names the URL and what went wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .schema import ShardInfo, fsync_dir
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # bytes per read while downloading and hashing
+
+# Errors worth another attempt: the network, not the request, went wrong.
+_TRANSIENT = (ConnectionError, TimeoutError, http.client.HTTPException, urllib.error.URLError, OSError)
+
+
+class FetchError(RuntimeError):
+    """A shard or manifest could not be fetched intact after every attempt."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How hard to try before giving up on a URL."""
+
+    attempts: int = 5
+    """Total attempts per URL (dropped connections and corrupt downloads both count)."""
+    backoff_s: float = 0.5
+    """Wait before the second attempt; doubles after each further failure."""
+    max_backoff_s: float = 10.0
+    """Upper bound on one wait."""
+    timeout_s: float = 60.0
+    """Socket timeout for connecting and for each read."""
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {self.attempts}")
+        if self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ValueError("backoff times must be >= 0")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+    def wait(self, attempt: int) -> float:
+        """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
+        return min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+def cache_path(info: ShardInfo, cache_dir: Path) -> Path:
+    """Where the shard described by ``info`` lives in ``cache_dir`` (keyed by its SHA-256)."""
+    sha = info.sha256.lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ValueError(f"shard {info.name}: manifest sha256 {info.sha256!r} is not 64 hex digits")
+    return Path(cache_dir) / "sha256" / sha[:2] / f"{sha}.tar"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a local file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_file(path: Path, info: ShardInfo) -> str | None:
+    """``None`` when ``path`` has the size and SHA-256 ``info`` promises, else what is wrong."""
+    size = path.stat().st_size
+    if size != info.bytes:
+        return f"{size} bytes, manifest says {info.bytes}"
+    digest = file_sha256(path)
+    if digest != info.sha256.lower():
+        return f"sha256 {digest[:12]}..., manifest says {info.sha256[:12]}..."
+    return None
+
+
+# Cached files already hashed by this process, keyed by (path, size, mtime, inode): a cache hit
+# is hashed once per process (catching a file corrupted on disk between runs) and again only
+# when the file changes, not on every epoch.
+_checked: set[tuple[str, int, int, int]] = set()
+
+
+def _stat_key(path: Path) -> tuple[str, int, int, int]:
+    st = path.stat()
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def fetch_shard(url: str, info: ShardInfo, cache_dir: Path, *, policy: RetryPolicy = DEFAULT_POLICY) -> Path:
+    """Return a local, verified copy of the shard at ``url``, downloading it at most once.
+
+    A cached copy is checked (size, and SHA-256 once per process); a corrupt one is
+    deleted and fetched again. Raises :class:`FetchError` after ``policy.attempts``.
+    """
+    final = cache_path(info, cache_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(final):  # one download per shard even with many loader workers
+        if final.exists():
+            if _stat_key(final) in _checked:
+                return final
+            problem = check_file(final, info)
+            if problem is None:
+                _checked.add(_stat_key(final))
+                return final
+            log.warning("cached %s (%s) is corrupt (%s); fetching it again", final, info.name, problem)
+            final.unlink()
+        _download_verified(url, info, final, policy)
+        _checked.add(_stat_key(final))
+        return final
+
+
+@contextlib.contextmanager
+def _locked(final: Path) -> Iterator[None]:
+    with open(final.with_name(f".{final.name}.lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPolicy) -> None:
+    tmp = final.with_name(f".{final.name}.part")
+    problem = ""
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            _download(url, tmp, policy.timeout_s)
+            problem = check_file(tmp, info) or ""
+            if not problem:
+                os.replace(tmp, final)
+                fsync_dir(final.parent)
+                return
+            tmp.unlink(missing_ok=True)  # corrupt: start over from byte 0, never train on it
+            problem = f"corrupt download: {problem}"
+        except urllib.error.HTTPError as e:
+            if e.code < 500:  # 404 and friends will not heal by retrying
+                raise FetchError(f"{url}: HTTP {e.code} {e.reason}; is the shard set served there?") from e
+            problem = f"HTTP {e.code} {e.reason}"
+        except _TRANSIENT as e:
+            problem = f"{type(e).__name__}: {e}"  # keep the partial file: the next attempt resumes it
+        if attempt < policy.attempts:
+            log.warning("%s: attempt %d/%d failed (%s); retrying", url, attempt, policy.attempts, problem)
+            time.sleep(policy.wait(attempt))
+    tmp.unlink(missing_ok=True)
+    raise FetchError(f"{url} ({info.name}): gave up after {policy.attempts} attempts; last: {problem}")
+
+
+def _download(url: str, tmp: Path, timeout_s: float) -> None:
+    """Fetch ``url`` into ``tmp``, resuming a partial ``tmp`` with a Range request."""
+    have = tmp.stat().st_size if tmp.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout_s)
+    except urllib.error.HTTPError as e:
+        if e.code == 416:  # our partial file is no prefix of theirs: start again
+            tmp.unlink(missing_ok=True)
+        raise
+    with resp, open(tmp, "ab" if resp.status == 206 else "wb") as f:
+        while block := resp.read(CHUNK):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fetch_bytes(url: str, *, policy: RetryPolicy = DEFAULT_POLICY) -> bytes:
+    """GET a small file (``manifest.json``, ``failures.jsonl``) with the same retries."""
+    problem = ""
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=policy.timeout_s) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from e
+            problem = f"HTTP {e.code} {e.reason}"
+        except _TRANSIENT as e:
+            problem = f"{type(e).__name__}: {e}"
+        if attempt < policy.attempts:
+            time.sleep(policy.wait(attempt))
+    raise FetchError(f"{url}: gave up after {policy.attempts} attempts; last problem: {problem}")
