@@ -101,6 +101,7 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the open shard without publishing it."""
         if self._tar is not None:
+            self._tar.close()  # the tar stream would otherwise write to a closed file on collection
             self._file.close()
             self._tmp_path().unlink(missing_ok=True)
             self._tar = None
