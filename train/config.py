@@ -1,0 +1,188 @@
+"""Configs of ``vidshard train`` and ``vidshard eval``: frozen, keyword-only, validated.
+
+``cli.py`` takes its option defaults from these dataclasses; ``--config FILE.toml``
+gives the same fields (command-line options override the file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from .model import ATTN_IMPLS, PRESETS
+
+OBJECTIVES = ("supervised", "mae")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a training run decides; written to ``RUN/config.json`` and into every checkpoint."""
+
+    data: str
+    """Shard set to train on: folder, ``manifest.json`` path or ``http(s)://`` URL."""
+    val_data: str | None = None
+    """Shard set to validate on (top-1/top-5 every ``eval_every`` steps and at the end)."""
+    out: str = "runs/train"
+    """Run folder: config.json, metrics.jsonl, TensorBoard events, checkpoints/."""
+    objective: str = "supervised"
+    """``supervised`` (classification from the shard set's labels) or ``mae`` (masked pretraining)."""
+    model: str = "vit-t"
+    """Model preset: ``vit-t``, ``vit-s``, ``vit-b`` or ``vit-l``."""
+    frames: int = 16
+    """Frames per clip."""
+    stride: int = 4
+    """Take every ``stride``-th frame."""
+    size: int = 224
+    """Square crop side in pixels (a multiple of the 16-pixel patch)."""
+    clips_per_sample: int = 1
+    """Clips cut from each decoded sample per epoch (amortises decoding)."""
+    batch_size: int = 8
+    """Clips per step on each process."""
+    epochs: int = 1
+    """Passes over the shard set (ignored when ``steps`` is given)."""
+    steps: int | None = None
+    """Total optimizer steps; overrides ``epochs``."""
+    lr: float = 5e-4
+    """Peak learning rate (after warm-up)."""
+    min_lr: float = 1e-6
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int | None = None
+    """Linear warm-up steps; default 5% of the total."""
+    weight_decay: float = 0.05
+    """AdamW weight decay (not applied to biases, norms, positional embeddings, class token)."""
+    label_smoothing: float = 0.1
+    """Cross-entropy label smoothing (supervised)."""
+    clip_grad: float = 1.0
+    """Clip the global gradient norm to this; 0 disables."""
+    layer_decay: float = 1.0
+    """Layer-wise learning-rate decay for fine-tuning (1.0 = off; 0.75 is usual after MAE)."""
+    drop_path: float = 0.0
+    """Stochastic depth rate at the last block."""
+    pos_embed: str = "sincos"
+    """Positional embedding: ``sincos`` (fixed) or ``learned``."""
+    pool: str = "mean"
+    """Head pooling: ``mean`` or ``cls``."""
+    grad_checkpointing: bool = False
+    """Recompute block activations in backward to save memory."""
+    attn_impl: str = "auto"
+    """Attention kernel: ``auto``, ``flash``, ``sdpa`` or ``reference``."""
+    init_from: str | None = None
+    """Checkpoint whose encoder weights start the model (decoder and head dropped, new head)."""
+    mask_ratio: float = 0.9
+    """MAE: share of tubes masked."""
+    decoder_dim: int = 192
+    """MAE: decoder width."""
+    decoder_depth: int = 4
+    """MAE: decoder blocks."""
+    workers: int = 2
+    """Data-loading worker processes per training process (0 = in the main process)."""
+    cache_dir: str | None = None
+    """Where shards from an ``http(s)://`` shard set are cached."""
+    seed: int = 0
+    """Seed of the model init, data order, crops and masks."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    compile: bool = False
+    """Wrap the model in ``torch.compile``."""
+    log_every: int = 10
+    """Write metrics.jsonl / TensorBoard every N steps."""
+    ckpt_every: int = 200
+    """Save a checkpoint every N steps (and always at the end)."""
+    eval_every: int = 0
+    """Validate every N steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many step checkpoints to keep (the newest)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``out``."""
+    stop_after: int | None = None
+    """Stop this invocation after this many steps (with a checkpoint), e.g. for time-boxed jobs."""
+    progress: bool = True
+    """Show the rich progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.model not in PRESETS:
+            raise ValueError(f"unknown model preset {self.model!r}; choose one of {sorted(PRESETS)}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        if self.size % 16:
+            raise ValueError(f"size {self.size} must be a multiple of the 16-pixel patch")
+        if self.frames < 2 or self.frames % 2:
+            raise ValueError(f"frames {self.frames} must be even (tubelets of 2 frames)")
+        for name in ("stride", "batch_size", "epochs", "log_every", "ckpt_every", "clips_per_sample",
+                     "decoder_dim", "decoder_depth", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.drop_path < 1:
+            raise ValueError("label_smoothing and drop_path must be in [0, 1)")
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.workers < 0 or self.eval_every < 0 or self.clip_grad < 0:
+            raise ValueError("workers, eval_every and clip_grad may not be negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, rejecting unknown keys with the list of known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """``vidshard eval``: accuracy of a checkpoint on a shard set with several views per sample."""
+
+    data: str
+    """Shard set to evaluate on (must be labeled)."""
+    checkpoint: str
+    """Checkpoint written by ``vidshard train``."""
+    out: str | None = None
+    """JSON file for the results (default: ``eval.json`` next to the checkpoint's run folder)."""
+    temporal_views: int = 2
+    """Clips per sample spread over time; scores are averaged over all views."""
+    spatial_views: int = 3
+    """Crops per clip across the frame (1 = centre only)."""
+    batch_size: int = 8
+    """Samples per batch."""
+    workers: int = 2
+    """Data-loading worker processes."""
+    cache_dir: str | None = None
+    """Where shards from an ``http(s)://`` shard set are cached."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    progress: bool = True
+    """Show the rich progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.temporal_views < 1 or self.spatial_views < 1 or self.batch_size < 1 or self.workers < 0:
+            raise ValueError("views and batch_size must be at least 1, workers at least 0")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Options from a TOML file, either top level or under ``[train]``; dashes become underscores."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{p}: not valid TOML ({e})") from None
+    data = data.get("train", data)
+    return {k.replace("-", "_"): v for k, v in data.items()}
