@@ -1,0 +1,64 @@
+"""Fixtures for the sharing tests (verify, serve, cache, inspect, merge): a tiny labeled shard set."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from vidshard.preprocess.ffmpeg import Synth, synth_video
+from vidshard.shards.schema import FAILURES, Manifest, SampleMeta, failure_record, sample_members, video_id
+from vidshard.shards.writer import ShardWriter
+
+CLASSES = ["moving", "counter"]
+SETTINGS = {"chunk_s": 1.0, "short_side": 48, "fps": 25.0, "crf": 30, "codec": "h264"}
+
+
+def build_shardset(folder: Path, clips: list[tuple[str, int, bytes]], *, settings: dict | None = None,
+                   classes: list[str] | None = CLASSES, max_bytes: int = 12_000) -> Manifest:
+    """Write ``clips`` (source path, label, mp4 bytes) as a shard set with small shards."""
+    infos = []
+    with ShardWriter(folder, max_bytes=max_bytes) as w:
+        for i, (rel, label, mp4) in enumerate(clips):
+            meta = SampleMeta(video=rel, video_id=video_id(rel), chunk=i % 2, start_s=0.0, end_s=1.0,
+                              frames=25, fps=25.0, width=64, height=48, label=label,
+                              label_name=None if classes is None else classes[label])
+            infos += w.write(sample_members(meta, mp4))
+        last = w.close()
+    infos += [last] if last else []
+    totals = {"videos": len(clips), "failed": 1, "samples": len(clips), "seconds": float(len(clips)),
+              "bytes_in": 0, "bytes_out": sum(i.bytes for i in infos)}
+    m = Manifest(settings=dict(settings or SETTINGS), shards=infos, totals=totals, classes=classes)
+    bad = failure_record(f"{folder.name}/broken.mp4", "no video stream")
+    (folder / FAILURES).write_text(json.dumps(bad) + "\n")
+    m.save(folder)
+    return m
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> list[tuple[str, int, bytes]]:
+    """Six 1-second 64x48 H.264 clips, two classes."""
+    out = tmp_path_factory.mktemp("clips")
+    result = []
+    for i in range(6):
+        label = i % 2
+        spec = Synth(seconds=1.0, width=64, height=48, codec="h264", pattern=CLASSES[label],
+                     start=(4.0 * i, 2.0 * i))
+        mp4 = synth_video(out / f"v{i}.mp4", spec).read_bytes()
+        result.append((f"{CLASSES[label]}/v{i}.mp4", label, mp4))
+    return result
+
+
+@pytest.fixture(scope="session")
+def pristine_set(tmp_path_factory, clips) -> Path:
+    folder = tmp_path_factory.mktemp("set") / "set"
+    build_shardset(folder, clips)
+    return folder
+
+
+@pytest.fixture
+def shardset(tmp_path, pristine_set) -> Path:
+    """A private copy of the tiny shard set that a test may corrupt."""
+    return Path(shutil.copytree(pristine_set, tmp_path / "set"))
+
