@@ -181,11 +181,16 @@ def _download(url: str, tmp: Path, timeout_s: float) -> None:
         if e.code == 416:  # our partial file is no prefix of theirs: start again
             tmp.unlink(missing_ok=True)
         raise
+    expected = int(resp.headers.get("Content-Length", -1))
+    got = 0
     with resp, open(tmp, "ab" if resp.status == 206 else "wb") as f:
         while block := resp.read(CHUNK):
             f.write(block)
+            got += len(block)
         f.flush()
         os.fsync(f.fileno())
+    if 0 <= got < expected:  # http.client's read(n) returns b"" on a dropped connection, no error
+        raise ConnectionError(f"connection dropped after {got} of {expected} bytes")
 
 
 def fetch_bytes(url: str, *, policy: RetryPolicy = DEFAULT_POLICY) -> bytes:

@@ -15,7 +15,7 @@ CLASSES = ["moving", "counter"]
 SETTINGS = {"chunk_s": 1.0, "short_side": 48, "fps": 25.0, "crf": 30, "codec": "h264"}
 
 
-def build_shardset(folder: Path, clips: list[tuple[str, int, bytes]], *, settings: dict | None = None,
+def _build_shardset(folder: Path, clips: list[tuple[str, int, bytes]], *, settings: dict | None = None,
                    classes: list[str] | None = CLASSES, max_bytes: int = 12_000) -> Manifest:
     """Write ``clips`` (source path, label, mp4 bytes) as a shard set with small shards."""
     infos = []
@@ -53,7 +53,7 @@ def clips(tmp_path_factory) -> list[tuple[str, int, bytes]]:
 @pytest.fixture(scope="session")
 def pristine_set(tmp_path_factory, clips) -> Path:
     folder = tmp_path_factory.mktemp("set") / "set"
-    build_shardset(folder, clips)
+    _build_shardset(folder, clips)
     return folder
 
 
@@ -62,3 +62,9 @@ def shardset(tmp_path, pristine_set) -> Path:
     """A private copy of the tiny shard set that a test may corrupt."""
     return Path(shutil.copytree(pristine_set, tmp_path / "set"))
 
+
+
+@pytest.fixture(scope="session")
+def build_shardset():
+    """``build_shardset(folder, clips, settings=..., classes=..., max_bytes=...) -> Manifest``."""
+    return _build_shardset

@@ -11,7 +11,7 @@ from vidshard.shards.serve import ServeConfig, make_shard_server, url_of
 @pytest.fixture
 def served(shardset: Path) -> Iterator[tuple[Path, int]]:
     srv = make_shard_server(ServeConfig(shardset=shardset, port=0))
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield shardset, srv.server_port
