@@ -1,0 +1,262 @@
+"""Check a shard set (folder or URL) against its manifest before anyone trains on it.
+
+Every shard is read once, as a stream: its SHA-256 and byte size are computed
+while ``tarfile`` walks its members, so a URL is verified without a local copy.
+Per shard the samples are counted and each must have its ``KEY.mp4`` and a
+``KEY.json`` that parses into :class:`SampleMeta` (and matches its key, its
+``KEY.cls`` and the manifest's classes); with ``deep`` the first frame of every
+clip is decoded too. Across the set, keys must be unique.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .cache import CHUNK, fetch_bytes
+from .schema import LABEL_EXT, MANIFEST, META_EXT, VIDEO_EXT, Manifest, SampleMeta, ShardInfo
+
+MAX_PROBLEMS = 5  # per shard; the rest are counted
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyConfig:
+    """What to verify and how thoroughly."""
+
+    location: str
+    """Shard-set folder, its ``manifest.json``, or an ``http(s)://`` URL serving it."""
+    deep: bool = False
+    """Also decode the first frame of every clip (slower; catches broken video streams)."""
+    progress: bool = True
+    """Show a progress bar over the bytes read."""
+
+    def __post_init__(self) -> None:
+        if not str(self.location):
+            raise ValueError("location is empty; give a shard-set folder or URL")
+
+
+@dataclass(kw_only=True)
+class ShardCheck:
+    """What one shard turned out to be."""
+
+    name: str
+    """File name from the manifest."""
+    status: str = "ok"
+    """``ok``, ``missing`` (absent or unreachable) or ``corrupt``."""
+    samples: int = 0
+    """Samples found."""
+    bytes: int = 0
+    """Bytes read."""
+    problems: list[str] = field(default_factory=list)
+    """What is wrong, a person-readable line each (at most MAX_PROBLEMS, then a count)."""
+
+    def add(self, problem: str) -> None:
+        self.status = "corrupt" if self.status == "ok" else self.status
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+        elif len(self.problems) == MAX_PROBLEMS:
+            self.problems.append("... and more")
+
+
+@dataclass(kw_only=True)
+class VerifyResult:
+    """The report of :func:`verify`."""
+
+    location: str
+    manifest: Manifest
+    shards: list[ShardCheck]
+    problems: list[str] = field(default_factory=list)
+    """Problems of the set as a whole (duplicate keys, counts); each one fails the check."""
+    warnings: list[str] = field(default_factory=list)
+    """Oddities that do not make the set unusable (stray files)."""
+
+    @property
+    def bad(self) -> list[ShardCheck]:
+        return [s for s in self.shards if s.status != "ok"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad and not self.problems
+
+
+def is_url(location: str) -> bool:
+    return str(location).startswith(("http://", "https://"))
+
+
+def open_manifest(location: str) -> tuple[Manifest, str]:
+    """The manifest of a folder, manifest path or URL, and the base the shard names are relative to."""
+    loc = str(location)
+    if is_url(loc):
+        base = loc[: -len(MANIFEST)] if loc.endswith("/" + MANIFEST) else loc.rstrip("/") + "/"
+        return Manifest.from_json(fetch_bytes(base + MANIFEST)), base
+    folder = Path(loc).parent if Path(loc).name == MANIFEST else Path(loc)
+    return Manifest.load(folder), str(folder)
+
+
+def _open(base: str, name: str) -> BinaryIO:
+    if is_url(base):
+        return urllib.request.urlopen(base + name, timeout=60)
+    return open(Path(base) / name, "rb")
+
+
+class _HashingReader:
+    """A read-only stream wrapper that hashes and counts every byte read through it."""
+
+    def __init__(self, f: BinaryIO, on_read=None) -> None:  # noqa: ANN001 (progress callback)
+        self.f, self.sha, self.bytes, self.on_read = f, hashlib.sha256(), 0, on_read
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.bytes += len(data)
+        if self.on_read:
+            self.on_read(len(data))
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+def check_shard(base: str, info: ShardInfo, classes: list[str] | None, keys: Counter,
+                deep: bool = False, on_read=None) -> ShardCheck:  # noqa: ANN001
+    """Stream one shard: hash, size, sample count and every sample's members (keys go into ``keys``)."""
+    check = ShardCheck(name=info.name)
+    try:
+        f = _open(base, info.name)
+    except (FileNotFoundError, urllib.error.HTTPError) as e:
+        check.status, check.problems = "missing", [f"not found ({e})"]
+        return check
+    except OSError as e:
+        check.status, check.problems = "missing", [f"unreadable: {e}"]
+        return check
+    with f:
+        reader = _HashingReader(f, on_read)
+        try:
+            _check_samples(reader, check, classes, keys, deep)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            check.add(f"not a readable tar file: {e}")
+        try:
+            reader.drain()
+        except OSError as e:
+            check.add(f"read failed after {reader.bytes} bytes: {e}")
+    check.bytes = reader.bytes
+    if check.bytes != info.bytes:
+        check.add(f"{check.bytes} bytes, manifest says {info.bytes}")
+    if reader.sha.hexdigest() != info.sha256.lower():
+        check.add(f"sha256 {reader.sha.hexdigest()[:12]}..., manifest says {info.sha256[:12]}...")
+    if check.samples != info.samples:
+        check.add(f"{check.samples} samples, manifest says {info.samples}")
+    return check
+
+
+def _check_samples(reader: _HashingReader, check: ShardCheck, classes: list[str] | None, keys: Counter,
+                   deep: bool) -> None:
+    current: str | None = None
+    members: dict[str, bytes | None] = {}
+    with tarfile.open(fileobj=reader, mode="r|") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            key, dot, ext = Path(m.name).name.partition(".")
+            if not dot:
+                check.add(f"member {m.name!r} has no extension")
+                continue
+            if key != current:
+                if current is not None:
+                    _check_sample(current, members, check, classes, deep)
+                current, members = key, {}
+                keys[key] += 1
+            wanted = ext in (META_EXT, LABEL_EXT) or (deep and ext == VIDEO_EXT)
+            members[ext] = tf.extractfile(m).read() if wanted else None
+    if current is not None:
+        _check_sample(current, members, check, classes, deep)
+
+
+def _check_sample(key: str, members: dict[str, bytes | None], check: ShardCheck,
+                  classes: list[str] | None, deep: bool) -> None:
+    check.samples += 1
+    for ext in (VIDEO_EXT, META_EXT):
+        if ext not in members:
+            check.add(f"sample {key}: no {key}.{ext}")
+    if META_EXT not in members:
+        return
+    try:
+        meta = SampleMeta.from_dict(json.loads(members[META_EXT]))
+    except (ValueError, TypeError, KeyError) as e:
+        check.add(f"sample {key}: unreadable {key}.{META_EXT} ({e})")
+        return
+    if meta.key != key:
+        check.add(f"sample {key}: metadata says key {meta.key}")
+    if classes is not None and meta.label is not None and not (
+            0 <= meta.label < len(classes) and classes[meta.label] == meta.label_name):
+        check.add(f"sample {key}: label {meta.label} {meta.label_name!r} not in the manifest's classes")
+    if LABEL_EXT in members and members[LABEL_EXT].strip() != str(meta.label).encode():
+        check.add(f"sample {key}: {key}.{LABEL_EXT} says {members[LABEL_EXT]!r}, metadata {meta.label}")
+    if deep and VIDEO_EXT in members:
+        problem = _decode_problem(members[VIDEO_EXT], meta)
+        if problem:
+            check.add(f"sample {key}: {problem}")
+
+
+def _decode_problem(mp4: bytes, meta: SampleMeta) -> str | None:
+    import av  # only the deep check decodes
+
+    try:
+        with av.open(io.BytesIO(mp4)) as container:
+            frame = next(container.decode(video=0))
+    except (av.FFmpegError, StopIteration, ValueError) as e:
+        return f"video does not decode ({type(e).__name__}: {e})"
+    if (frame.width, frame.height) != (meta.width, meta.height):
+        return f"video is {frame.width}x{frame.height}, metadata says {meta.width}x{meta.height}"
+    return None
+
+
+def verify(cfg: VerifyConfig) -> VerifyResult:
+    """Check every shard of ``cfg.location`` against its manifest; see the module docstring."""
+    manifest, base = open_manifest(cfg.location)
+    keys: Counter = Counter()
+    checks: list[ShardCheck] = []
+    columns = (TextColumn("verify {task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not cfg.progress, transient=True) as bar:
+        task = bar.add_task(str(cfg.location), total=sum(s.bytes for s in manifest.shards))
+        for info in manifest.shards:
+            checks.append(check_shard(base, info, manifest.classes, keys, cfg.deep,
+                                      on_read=lambda n: bar.advance(task, n)))
+    result = VerifyResult(location=str(cfg.location), manifest=manifest, shards=checks)
+    dups = [k for k, n in keys.items() if n > 1]
+    if dups:
+        result.problems.append(f"{len(dups)} keys occur more than once, e.g. {', '.join(sorted(dups)[:3])}")
+    found = sum(c.samples for c in checks)
+    if manifest.totals.get("samples", found) != found:
+        result.problems.append(f"totals.samples is {manifest.totals['samples']}, the shards hold {found}")
+    if not is_url(base):
+        listed = {s.name for s in manifest.shards}
+        stray = sorted(p.name for p in Path(base).glob("*.tar") if p.name not in listed)
+        if stray:
+            result.warnings.append(f"shards not in the manifest (ignored): {', '.join(stray[:5])}")
+    return result
+
+
+def report_table(result: VerifyResult) -> Table:
+    """One row per shard: status, samples and bytes found against the manifest, problems."""
+    table = Table(title=f"{result.location}: {len(result.shards)} shards, "
+                        f"{len(result.bad)} bad", title_justify="left")
+    for col in ("shard", "status", "samples", "bytes", "problems"):
+        table.add_column(col, justify="right" if col in ("samples", "bytes") else "left")
+    style = {"ok": "green", "missing": "red", "corrupt": "red"}
+    for info, c in zip(result.manifest.shards, result.shards, strict=True):
+        table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", f"{c.samples}/{info.samples}",
+                      f"{c.bytes}/{info.bytes}", "; ".join(c.problems))
+    return table
