@@ -1,0 +1,116 @@
+"""``vidshard eval``: top-1 / top-5 and per-class accuracy of a checkpoint, several views per sample.
+
+Each sample is seen as ``temporal_views x spatial_views`` clips; the softmax
+scores of the views are averaged before taking the top-k.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from torch import nn
+
+from ..shards.schema import atomic_write
+from .checkpoint import load_checkpoint
+from .config import EvalConfig, TrainConfig
+from .distributed import pick_device
+
+
+def view_scores(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
+    """Class probabilities averaged over views: (B, C, T, H, W) or (B, V, C, T, H, W) -> (B, K)."""
+    if video.ndim == 5:
+        video = video[:, None]
+    B, V = video.shape[:2]
+    logits = model(video.flatten(0, 1))  # (B*V, K)
+    return logits.float().softmax(-1).view(B, V, -1).mean(1)
+
+
+@torch.inference_mode()
+def evaluate_model(model: nn.Module, loader: Any, device: torch.device, classes: list[str],
+                   progress: Progress | None = None) -> dict[str, Any]:
+    """Accuracy of ``model`` over every batch of ``loader`` (labels -1 are skipped)."""
+    from .data import normalize
+
+    was_training = model.training
+    model.eval()
+    K = len(classes)
+    hits = torch.zeros(2, dtype=torch.long)  # top-1, top-5 hits
+    per_class = torch.zeros(K, 2, dtype=torch.long)  # (hits, samples) per class
+    task = progress.add_task("eval", total=len(loader)) if progress is not None else None
+    for batch in loader:
+        labels = batch["label"]
+        keep = labels >= 0
+        if keep.any():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                scores = view_scores(model, normalize(batch["video"][keep], device)).cpu()  # (B, K)
+            topk = scores.topk(min(5, K), dim=-1).indices  # (B, k)
+            y = labels[keep]
+            top1 = topk[:, 0] == y
+            hits += torch.stack([top1.sum(), (topk == y[:, None]).any(-1).sum()])
+            per_class.index_add_(0, y, torch.stack([top1.long(), torch.ones_like(y)], dim=1))
+        if task is not None:
+            progress.advance(task)
+    model.train(was_training)
+    n = int(per_class[:, 1].sum())
+    return {
+        "samples": n,
+        "top1": hits[0].item() / n if n else 0.0,
+        "top5": hits[1].item() / n if n else 0.0,
+        "per_class": {name: {"accuracy": (h / c if c else None), "samples": c}
+                      for name, (h, c) in zip(classes, per_class.tolist(), strict=True)},
+    }
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, TrainConfig, dict]:
+    """Rebuild the trained model from a checkpoint alone (objective + config stored in it)."""
+    from .objectives import get_objective
+
+    ckpt = load_checkpoint(path, map_location=device)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    model = get_objective(ckpt["objective"]).build_model(cfg, ckpt["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), cfg, ckpt
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.checkpoint`` on ``cfg.data``; writes the JSON result and returns it."""
+    from .data import eval_loader_for
+
+    device = pick_device(cfg.device)
+    model, train_cfg, ckpt = model_from_checkpoint(cfg.checkpoint, device)
+    if ckpt["objective"] != "supervised" or not ckpt.get("classes"):
+        raise ValueError(f"{cfg.checkpoint}: a {ckpt['objective']} checkpoint has no classifier; "
+                         "fine-tune it first (vidshard train --init-from ...)")
+    loader = eval_loader_for(cfg, train_cfg)
+    if loader.classes and list(loader.classes) != list(ckpt["classes"]):
+        raise ValueError(f"{cfg.data}: its classes {list(loader.classes)[:5]}... differ from the "
+                         f"checkpoint's {ckpt['classes'][:5]}...; use a shard set with the same labels")
+    with Progress(disable=not cfg.progress) as progress:
+        result = evaluate_model(model, loader, device, ckpt["classes"], progress)
+    result = {"checkpoint": str(cfg.checkpoint), "data": cfg.data, "step": ckpt["step"],
+              "views": {"temporal": cfg.temporal_views, "spatial": cfg.spatial_views}, **result}
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).resolve().parent.parent / "eval.json"
+    atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
+    result["out"] = str(out)
+    return result
+
+
+def print_table(result: dict[str, Any], console: Console | None = None) -> None:
+    """Per-class accuracy and the top-1 / top-5 totals as a rich table."""
+    table = Table(title=f"{result.get('data', '')}: {result['samples']} samples")
+    table.add_column("class")
+    table.add_column("samples", justify="right")
+    table.add_column("top-1", justify="right")
+    for name, r in result["per_class"].items():
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
+        table.add_row(name, str(r["samples"]), acc)
+    table.add_section()
+    table.add_row("[bold]all", str(result["samples"]), f"[bold]{result['top1']:.1%}")
+    table.add_row("top-5", "", f"{result['top5']:.1%}")
+    (console or Console()).print(table)

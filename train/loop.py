@@ -1,0 +1,251 @@
+"""``vidshard train``: the streaming training loop.
+
+``train_step(...) -> metrics`` does one optimizer step; ``train(cfg)`` sets up
+the run (process group, loader, model, optimizer, resume) and runs steps with
+labelled "every N steps" blocks for logging, validation and checkpoints. Only
+rank 0 logs and writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..shards.schema import atomic_write
+from . import distributed
+from .checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    load_encoder,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import TrainConfig
+from .data import normalize, train_loader, val_loader_for
+from .distributed import DistInfo
+from .evaluate import evaluate_model
+from .metrics import Meter, RunLog, progress_bar
+from .objectives import Objective, get_objective
+from .optim import build_optimizer, lr_at, set_lr
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    """The run folder."""
+    steps: int
+    """Optimizer steps done in total (including before a resume)."""
+    checkpoint: Path | None
+    """The last checkpoint written (None on ranks other than 0)."""
+    last_loss: float
+    """Mean loss of the last logging interval."""
+    val: dict[str, Any] | None
+    """Final validation result, when ``val_data`` was given."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_step(model: nn.Module, objective: Objective, batch: dict[str, Any],
+               optimizer: torch.optim.Optimizer, *, lr: float, clip_grad: float, device: torch.device,
+               amp: bool) -> dict[str, float]:
+    """One optimizer step on one batch: normalise on the device, forward under bf16 autocast on CUDA,
+    backward, clip, step. Returns loss, lr, grad_norm and the objective's own metrics."""
+    video = normalize(batch["video"], device)  # (B, C, T, H, W) float32
+    labels = batch["label"].to(device, non_blocking=True)  # (B,)
+    set_lr(optimizer, lr)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        loss, metrics = objective.loss(model, video, labels)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()}; try a lower --lr or a longer warm-up")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad if clip_grad > 0 else math.inf)
+    optimizer.step()
+    return {"loss": loss.item(), "lr": lr, "grad_norm": float(norm), **metrics}
+
+
+@dataclass
+class _Run:
+    """What a run carries between setup and the step loop."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    run_dir: Path
+    objective: Objective
+    model: nn.Module  # the plain model (state dicts come from here)
+    wrapped: nn.Module  # DDP / compiled (forward goes through here)
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    classes: list[str] | None
+    total: int
+    warmup: int
+    step: int = 0
+    rng: dict[str, Any] | None = None  # RNG state to restore once the resumed position is reached
+
+
+def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
+    seed_everything(cfg.seed)
+    run_dir = Path(cfg.out)
+    loader = train_loader(cfg, info.rank, info.world_size)
+    classes = list(loader.classes) if loader.classes else None
+    objective = get_objective(cfg.objective)
+    model = objective.build_model(cfg, len(classes) if classes and objective.needs_labels else 0)
+    if cfg.init_from:
+        load_encoder(getattr(model, "encoder", model), cfg.init_from)
+    model.to(info.device)
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                layer_decay=cfg.layer_decay, device=info.device)
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * len(loader)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * total)
+    run = _Run(cfg, info, run_dir, objective, model, model, optimizer, loader, classes, total, warmup)
+    if cfg.resume:
+        _resume(run)
+    run.wrapped = distributed.wrap(model, info, cfg.compile)
+    if info.is_main:
+        atomic_write(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    return run
+
+
+def _resume(run: _Run) -> None:
+    path = latest_checkpoint(run.run_dir)
+    if path is None:
+        if run.info.is_main:
+            print(f"--resume: no checkpoint in {run.run_dir / 'checkpoints'} yet, starting from step 0")
+        return
+    ckpt = load_checkpoint(path, map_location=run.info.device)
+    if ckpt["objective"] != run.cfg.objective or ckpt["config"]["model"] != run.cfg.model:
+        raise ValueError(f"{path}: was written by a {ckpt['config']['model']} {ckpt['objective']} run; "
+                         "resume with the same --model and --objective, or use another --out")
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.step = int(ckpt["step"])
+    run.rng = ckpt["rng"][run.info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"]
+
+
+def _save(run: _Run) -> Path | None:
+    """Checkpoint of the current step (rank 0 writes; every rank's RNG state is gathered)."""
+    states = [rng_state()]
+    if run.info.world_size > 1:
+        states = [None] * run.info.world_size
+        torch.distributed.all_gather_object(states, rng_state())
+    if not run.info.is_main:
+        return None
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": run.step,
+             "rng": states, "config": run.cfg.to_dict(), "objective": run.cfg.objective,
+             "num_classes": len(run.classes) if run.classes else 0, "classes": run.classes,
+             "model_config": run.model.cfg.to_dict() if hasattr(run.model, "cfg") and
+             hasattr(run.model.cfg, "to_dict") else {}}
+    return save_checkpoint(checkpoint_path(run.run_dir, run.step), state, keep=run.cfg.keep_checkpoints)
+
+
+def _validate(run: _Run, val_loader: Any) -> dict[str, Any] | None:
+    """Top-1/top-5 on the validation set, computed on rank 0 while the others wait."""
+    result = None
+    if run.info.is_main and val_loader is not None and run.classes:
+        result = evaluate_model(run.model, val_loader, run.info.device, run.classes)
+        run.model.train()
+    if run.info.world_size > 1:
+        torch.distributed.barrier()
+    return result
+
+
+def _batches(run: _Run):
+    """Batches from the current step on, epoch after epoch; a resumed run skips the batches of its
+    epoch it already trained on (same order: the loader's order depends only on seed and epoch)."""
+    per_epoch = len(run.loader)
+    if per_epoch == 0:
+        raise ValueError(f"{run.cfg.data}: no batches for this rank (batch size {run.cfg.batch_size}); "
+                         "use a smaller --batch-size or more data")
+    epoch, skip = divmod(run.step, per_epoch)
+    while True:
+        if skip == 0:
+            _restore_rng(run)
+        run.loader.set_epoch(epoch)
+        it = iter(run.loader)
+        for _ in range(skip):
+            next(it)
+        if skip:
+            _restore_rng(run)  # before the next fetch, as in the run that wrote the checkpoint
+        for batch in it:
+            yield epoch, batch
+        epoch, skip = epoch + 1, 0
+
+
+def _restore_rng(run: _Run) -> None:
+    if run.rng is not None:
+        set_rng_state(run.rng)
+        run.rng = None
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train as ``cfg`` says; under torchrun, every process calls this."""
+    info = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
+    run = _setup(cfg, info)
+    val_loader = val_loader_for(cfg) if info.is_main else None
+    log = RunLog(run.run_dir, enabled=info.is_main)
+    meter, summary, ckpt, val = Meter(), {"loss": float("nan")}, None, None
+    stop_at = min(run.total, run.step + cfg.stop_after) if cfg.stop_after else run.total
+    run.wrapped.train()
+    bar = progress_bar(enabled=cfg.progress and info.is_main)
+    with bar:
+        task = bar.add_task("train", total=run.total, completed=run.step, loss=float("nan"),
+                            clips_per_s=0.0, data_wait=0.0)
+        batches = _batches(run)
+        t0 = time.perf_counter()
+        while run.step < stop_at:
+            epoch, batch = next(batches)
+            t1 = time.perf_counter()
+            lr = lr_at(run.step, total=run.total, base_lr=cfg.lr, warmup=run.warmup, min_lr=cfg.min_lr)
+            m = train_step(run.wrapped, run.objective, batch, run.optimizer, lr=lr, clip_grad=cfg.clip_grad,
+                           device=info.device, amp=cfg.amp)
+            run.step += 1
+            t2 = time.perf_counter()
+            meter.add(wait_s=t1 - t0, step_s=t2 - t1, clips=len(batch["label"]), values=m)
+            t0 = t2
+            # -- every log_every steps: metrics.jsonl, TensorBoard, progress bar
+            if run.step % cfg.log_every == 0 or run.step == stop_at:
+                summary = distributed.mean_across(meter.summary(info.world_size), info)
+                summary["lr"], summary["epoch"] = lr, epoch
+                log.write(run.step, summary)
+                bar.update(task, completed=run.step, loss=summary["loss"],
+                           clips_per_s=summary["clips_per_s"], data_wait=summary["data_wait"])
+                meter.reset()
+            # -- every eval_every steps: validation
+            if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.total and (
+                    v := _validate(run, val_loader)) is not None:
+                log.write(run.step, _scalars(v), prefix="val")
+            # -- every ckpt_every steps, and where this invocation stops: checkpoint
+            if run.step % cfg.ckpt_every == 0 or run.step == stop_at:
+                ckpt = _save(run) or ckpt
+    if run.step == run.total and (val := _validate(run, val_loader)) is not None:
+        log.write(run.step, _scalars(val), prefix="val")
+        if info.is_main:
+            atomic_write(run.run_dir / "val.json", (json.dumps(val, indent=2) + "\n").encode())
+    log.close()
+    return TrainResult(run.run_dir, run.step, ckpt, float(summary["loss"]), val)
+
+
+def _scalars(result: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in result.items() if isinstance(v, (int, float))}

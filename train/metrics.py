@@ -1,0 +1,102 @@
+"""What a run reports: ``metrics.jsonl``, TensorBoard events and a rich progress bar (rank 0 only).
+
+:class:`Meter` splits each step's wall time into waiting for data and computing,
+and averages loss and friends over a logging interval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class Meter:
+    """Accumulates one logging interval: data-wait and compute seconds, clips, scalar means."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.wait_s = 0.0
+        self.step_s = 0.0
+        self.clips = 0
+        self.steps = 0
+        self.sums: dict[str, float] = defaultdict(float)
+
+    def add(self, *, wait_s: float, step_s: float, clips: int, values: dict[str, float]) -> None:
+        self.wait_s += wait_s
+        self.step_s += step_s
+        self.clips += clips
+        self.steps += 1
+        for k, v in values.items():
+            self.sums[k] += v
+
+    def summary(self, world_size: int = 1) -> dict[str, float]:
+        """Means over the interval; ``clips_per_s`` counts every rank (all step at the same pace)."""
+        total = self.wait_s + self.step_s
+        out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        out["clips_per_s"] = self.clips * world_size / total if total > 0 else 0.0
+        out["data_wait"] = self.wait_s / total if total > 0 else 0.0
+        return out
+
+
+class RunLog:
+    """``metrics.jsonl`` lines plus TensorBoard scalars; a no-op on ranks other than 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._tb = None
+        self._file = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def write(self, step: int, values: dict[str, Any], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "split": prefix, "time": round(time.time(), 3), **values}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for k, v in values.items():
+            if isinstance(v, (int, float)):
+                self._tb.add_scalar(f"{prefix}/{k}", v, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._tb.close()
+            self._file = self._tb = None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (for tests and notebooks)."""
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    """Step N/M, loss, clips/s and data-wait share, with elapsed and remaining time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[clips_per_s]:.1f} clips/s"),
+        TextColumn("data wait {task.fields[data_wait]:.0%}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        disable=not enabled,
+    )
