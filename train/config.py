@@ -39,6 +39,10 @@ class TrainConfig:
     """Square crop side in pixels (a multiple of the 16-pixel patch)."""
     clips_per_sample: int = 1
     """Clips cut from each decoded sample per epoch (amortises decoding)."""
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    """Random resized crop: range of the crop's area as a fraction of the frame."""
+    flip: bool = True
+    """Random horizontal flips; turn off when labels depend on left/right (e.g. motion direction)."""
     batch_size: int = 8
     """Clips per step on each process."""
     epochs: int = 1
@@ -127,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.drop_path < 1:
             raise ValueError("label_smoothing and drop_path must be in [0, 1)")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale {self.crop_scale} must satisfy 0 < min <= max <= 1")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.workers < 0 or self.eval_every < 0 or self.clip_grad < 0:
@@ -186,3 +192,36 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{p}: not valid TOML ({e})") from None
     data = data.get("train", data)
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a config dataclass (for ``--help`` texts)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) else None
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(doc, str):
+            docs[node.target.id] = " ".join(doc.split())
+    return docs
+
+
+def default_of(cls: type, name: str) -> Any:
+    """A field's default value (for ``--help`` texts)."""
+    return {f.name: f.default for f in fields(cls)}[name]
+
+
+def build_config(cls: type, config_file: str | Path | None, options: dict[str, Any]) -> Any:
+    """``cls`` from its defaults, then the TOML file, then the options given (``None`` = not given)."""
+    values = read_toml(config_file) if config_file else {}
+    values.update({k: v for k, v in options.items() if v is not None})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{config_file}: unknown option(s) {unknown}; known: {sorted(known)}")
+    if "data" in known and not values.get("data"):
+        raise ValueError("no shard set given: pass SHARDSET or set data = \"...\" in the --config file")
+    return cls(**values)

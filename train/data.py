@@ -30,7 +30,8 @@ def normalize(video: Tensor, device: torch.device) -> Tensor:
 def train_loader(cfg: TrainConfig, rank: int, world_size: int) -> ClipLoader:
     """The training stream: random crops and flips, shuffled, ``len`` equal on every rank."""
     lc = LoaderConfig(source=cfg.data, frames=cfg.frames, stride=cfg.stride, size=cfg.size, train=True,
-                      batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
+                      scale=tuple(cfg.crop_scale), flip=cfg.flip, batch_size=cfg.batch_size,
+                      workers=cfg.workers, seed=cfg.seed,
                       clips_per_sample=cfg.clips_per_sample, cache_dir=cfg.cache_dir)
     return ClipLoader(lc, rank=rank, world_size=world_size)
 
@@ -39,8 +40,8 @@ def eval_loader(source: str, *, frames: int, stride: int, size: int, batch_size:
                 temporal_views: int = 1, spatial_views: int = 1, cache_dir: str | None = None) -> ClipLoader:
     """A deterministic pass over ``source`` (centre/evenly spread crops), every sample once."""
     lc = LoaderConfig(source=source, frames=frames, stride=stride, size=size, train=False,
-                      batch_size=batch_size, workers=workers, temporal_views=temporal_views,
-                      spatial_views=spatial_views, cache_dir=cache_dir)
+                      batch_size=batch_size, workers=workers, drop_last=False,
+                      temporal_views=temporal_views, spatial_views=spatial_views, cache_dir=cache_dir)
     return ClipLoader(lc, rank=0, world_size=1)
 
 

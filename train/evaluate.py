@@ -45,7 +45,9 @@ def evaluate_model(model: nn.Module, loader: Any, device: torch.device, classes:
     task = progress.add_task("eval", total=len(loader)) if progress is not None else None
     for batch in loader:
         labels = batch["label"]
-        keep = labels >= 0
+        keep = labels >= 0  # unlabeled clips and clips repeated to fill a quota do not count
+        if "valid" in batch:
+            keep &= torch.as_tensor(batch["valid"], dtype=torch.bool)
         if keep.any():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 scores = view_scores(model, normalize(batch["video"][keep], device)).cpu()  # (B, K)
