@@ -104,7 +104,8 @@ def open_manifest(location: str) -> tuple[Manifest, str]:
     return Manifest.load(folder), str(folder)
 
 
-def _open(base: str, name: str) -> BinaryIO:
+def open_shard(base: str, name: str) -> BinaryIO:
+    """A binary stream of shard ``name`` under a folder or URL ``base``."""
     if is_url(base):
         return urllib.request.urlopen(base + name, timeout=60)
     return open(Path(base) / name, "rb")
@@ -134,7 +135,7 @@ def check_shard(base: str, info: ShardInfo, classes: list[str] | None, keys: Cou
     """Stream one shard: hash, size, sample count and every sample's members (keys go into ``keys``)."""
     check = ShardCheck(name=info.name)
     try:
-        f = _open(base, info.name)
+        f = open_shard(base, info.name)
     except (FileNotFoundError, urllib.error.HTTPError) as e:
         check.status, check.problems = "missing", [f"not found ({e})"]
         return check
