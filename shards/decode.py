@@ -1,0 +1,185 @@
+"""Decode clips from a sample's video bytes in memory with PyAV, crop and resize fused.
+
+How a sample is decoded (:func:`decode_sample`):
+
+1. The container is opened on the bytes (``av.open(io.BytesIO(data))``) and its packets are demuxed
+   (cheap: no decoding). Presentation order gives every packet its frame index.
+2. For each needed frame, decoding starts at the keyframe before it (a jump: the decoder is flushed and
+   fed from that keyframe, which is what a seek does) unless the decoder is already on the way there.
+   H.264 packets of frames the clip does not use and that no other frame references (``nal_ref_idc``
+   0) are not sent to the decoder at all; other frames are decoded (they are needed as references) but
+   never converted. Decoder threads are used when ``threads`` asks for them.
+3. Each view's frames go through one small filter graph per view (``crop`` -> ``scale`` -> planar RGB
+   [-> ``hflip``]): the crop only moves pointers and swscale converts and scales just the crop region
+   straight to the output size, so the cost follows the output size, not the source size. All frames
+   of a view share its box and flip.
+
+The result per view is a uint8 array ``(C, T, H, W)``, C = 3 in RGB order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+from collections.abc import Callable, Iterable
+
+import av
+import numpy as np
+from av.video.frame import VideoFrame
+
+from .sampling import Box, ClipPlan
+
+INTERPOLATIONS = ("bilinear", "area", "bicubic", "fast_bilinear")
+
+
+class CorruptSample(ValueError):
+    """The sample's video could not be decoded (or has no video stream)."""
+
+
+def _h264_length_size(stream: av.video.stream.VideoStream) -> int | None:
+    """NAL length-prefix size of AVCC H.264 (as in mp4), or ``None`` when not AVCC H.264."""
+    extra = stream.codec_context.extradata
+    if stream.codec_context.name != "h264" or not extra or extra[0] != 1 or len(extra) < 5:
+        return None
+    return (extra[4] & 3) + 1
+
+
+def _droppable(data: bytes, length_size: int) -> bool:
+    """True when an AVCC H.264 packet holds a non-reference picture (no frame depends on it)."""
+    pos = 0
+    while pos + length_size < len(data):
+        n = int.from_bytes(data[pos:pos + length_size], "big")
+        header = data[pos + length_size]
+        if header & 0x1F in (1, 5):  # coded slice: its nal_ref_idc says whether it is a reference
+            return (header >> 5) & 3 == 0
+        pos += length_size + n
+    return False
+
+
+def demux(container: av.container.InputContainer) -> tuple[av.video.stream.VideoStream, list[av.Packet]]:
+    """The first video stream and its packets (decode order), read without decoding."""
+    if not container.streams.video:
+        raise CorruptSample("no video stream")
+    stream = container.streams.video[0]
+    packets = [p for p in container.demux(stream) if p.size > 0 and p.pts is not None]
+    if not packets:
+        raise CorruptSample("no video packets")
+    return stream, packets
+
+
+def decode_frames(stream: av.video.stream.VideoStream, packets: list[av.Packet], needed: Iterable[int],
+                  threads: int = 1) -> dict[int, VideoFrame]:
+    """Decode the frames with presentation indices ``needed`` (clamped to the last frame) from ``packets``.
+
+    Raises :class:`CorruptSample` when nothing decodes.
+    """
+    ctx = stream.codec_context
+    if threads != 1:
+        ctx.thread_type = "AUTO"
+        ctx.thread_count = threads
+    order = sorted(p.pts for p in packets)
+    index_of = {pts: i for i, pts in enumerate(order)}
+    pkt_index = [index_of[p.pts] for p in packets]  # presentation index of each packet, decode order
+    pos_of = {idx: pos for pos, idx in enumerate(pkt_index)}
+    keys = [pos for pos, p in enumerate(packets) if p.is_keyframe] or [0]
+    n = len(packets)
+    want = sorted({min(max(i, 0), n - 1) for i in needed})
+    wanted = set(want)
+    length_size = _h264_length_size(stream)
+    got: dict[int, VideoFrame] = {}
+
+    def take(frames: list[VideoFrame]) -> None:
+        for fr in frames:
+            idx = index_of.get(fr.pts)
+            if idx in wanted:
+                got[idx] = fr
+
+    cur = -1  # position (decode order) of the last packet handed to the decoder
+    for f in want:
+        if f in got:
+            continue
+        key = keys[max(0, bisect.bisect_right(keys, pos_of[f]) - 1)]
+        if key > cur:  # jump to the keyframe before f (a seek) instead of decoding up to it
+            if cur >= 0:
+                ctx.flush_buffers()
+            cur = key - 1
+        while f not in got and cur < n - 1:
+            cur += 1
+            if length_size and pkt_index[cur] not in wanted and _droppable(bytes(packets[cur]), length_size):
+                continue
+            take(ctx.decode(packets[cur]))
+        if f not in got and cur >= n - 1:
+            take(ctx.decode(None))  # drain the frames the decoder still holds back
+            ctx.flush_buffers()
+            cur = n
+    if not got:
+        raise CorruptSample("no frame decoded")
+    return got
+
+
+def _fill(got: dict[int, VideoFrame], idx: int) -> VideoFrame:
+    """The decoded frame for ``idx``, or the nearest earlier one (then any) if it did not decode."""
+    if idx in got:
+        return got[idx]
+    earlier = [i for i in got if i <= idx]
+    return got[max(earlier)] if earlier else got[min(got)]
+
+
+def _graph(frame: VideoFrame, box: Box, size: int, flip: bool, interpolation: str) -> av.filter.Graph:
+    g = av.filter.Graph()
+    src = g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                       time_base=frame.time_base or 1)
+    chain = [src, g.add("crop", f"{box.w}:{box.h}:{box.x}:{box.y}:exact=1"),
+             g.add("scale", f"{size}:{size}:flags={interpolation}"), g.add("format", "gbrp")]
+    if flip:
+        chain.append(g.add("hflip"))
+    chain.append(g.add("buffersink"))
+    for a, b in zip(chain, chain[1:], strict=False):
+        a.link_to(b)
+    g.configure()
+    return g
+
+
+def crop_resize(frames: list[VideoFrame], box: Box, size: int, flip: bool = False,
+                interpolation: str = "bilinear") -> np.ndarray:
+    """Crop ``box`` from every frame, scale it to ``size`` x ``size`` RGB: uint8 ``(3, T, size, size)``."""
+    out = np.empty((3, len(frames), size, size), np.uint8)  # (C, T, H, W)
+    g = _graph(frames[0], box, size, flip, interpolation)
+    for t, frame in enumerate(frames):
+        g.push(frame)
+        rgb = g.pull()
+        for c, plane in zip((1, 2, 0), rgb.planes, strict=True):  # gbrp stores G, B, R
+            out[c, t] = np.frombuffer(plane, np.uint8).reshape(size, plane.line_size)[:, :size]
+    return out
+
+
+PlanFn = Callable[[int, int, int], list[list[ClipPlan]]]
+
+
+def decode_sample(data: bytes, plan: PlanFn, size: int, threads: int = 1,
+                  interpolation: str = "bilinear") -> list[np.ndarray]:
+    """Decode one sample once and cut all its clips.
+
+    ``plan(num_frames, width, height)`` returns the clips (each a list of views, see
+    :func:`~vidshard.shards.sampling.plan_sample`). Returns one uint8 array ``(V, C, T, size, size)``
+    per clip. Raises :class:`CorruptSample` (or an ``av`` error) when the bytes do not decode.
+    """
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except av.FFmpegError as exn:
+        raise CorruptSample(f"not a readable video ({exn})") from None
+    with container:
+        stream, packets = demux(container)
+        num = len(packets)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width <= 0 or height <= 0:
+            raise CorruptSample(f"bad video header (size {width}x{height})")
+        clips = plan(num, width, height)
+        needed = {i for views in clips for v in views for i in v.indices}
+        got = decode_frames(stream, packets, needed, threads)
+        out = []
+        for views in clips:
+            arrs = [crop_resize([_fill(got, i) for i in v.indices], v.box, size, v.flip, interpolation)
+                    for v in views]
+            out.append(np.stack(arrs))  # (V, C, T, H, W)
+        return out

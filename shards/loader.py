@@ -1,0 +1,392 @@
+"""The streaming clip loader that ``vidshard train`` and ``vidshard eval`` read shard sets with.
+
+Batch layout (one dict per batch, all uint8 video; normalise to float on the device, in the trainer):
+
+- ``"video"``: uint8 ``(B, C, T, H, W)`` for training, ``(B, V, C, T, H, W)`` for evaluation with
+  ``V = temporal_views * spatial_views`` views (temporal major), C = 3 in RGB order, H = W = ``size``.
+  In pinned memory when CUDA is available.
+- ``"label"``: int64 ``(B,)`` from ``KEY.cls`` (else the ``label`` of ``KEY.json``), -1 when unlabeled.
+- ``"key"``: ``list[str]`` of sample keys.
+- ``"valid"``: bool ``(B,)``; False for clips repeated to fill the rank's quota (see below), which an
+  evaluation should not count.
+
+Epoch: ``ClipLoader.set_epoch(e)`` fixes the order, a pure function of (seed, epoch): shards are shuffled,
+the sample sequence is cut exactly across ranks and DataLoader workers (``split.py``: every sample read
+once per epoch), samples go through a shuffle buffer of ``shuffle_buffer`` encoded samples, each is decoded
+once into ``clips_per_sample`` clips (``decode.py``), which go through a buffer of ``clip_buffer`` decoded
+clips, and are batched. ``len(loader)`` is the same on every rank: ``ceil(samples / world_size) *
+clips_per_sample`` clips per rank, batched (the last partial batch dropped with ``drop_last``). A rank
+that comes up short (one sample fewer in the split, or corrupt samples skipped) repeats clips it already
+made, marked ``valid=False``, so every rank yields exactly ``len(loader)`` batches.
+
+A corrupt sample (bytes that do not decode, a missing video member) is skipped, logged, and counted in
+``loader.stats``; it never ends an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .decode import INTERPOLATIONS, decode_sample
+from .location import ShardSource, resolve
+from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec, plan_sample
+from .split import Span, batches_per_epoch, rank_spans, samples_per_rank, unsized_spans, worker_spans
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderConfig:
+    """How to read clips from a shard set."""
+
+    source: str
+    """Shard set: folder, manifest.json path/URL, http(s):// prefix, brace pattern or pipe: command."""
+    frames: int = 16
+    """Frames per clip (T)."""
+    stride: int = 4
+    """Dense sampling: take every ``stride``-th frame."""
+    size: int = 224
+    """Output height and width in pixels."""
+    sampling: str = "dense"
+    """``dense`` (T frames at ``stride``) or ``uniform`` (T frames spread over the whole sample)."""
+    short: str = "repeat"
+    """Dense clips longer than the sample: ``repeat`` the last frame or ``loop`` back to the start."""
+    train: bool = True
+    """Training (random start, random resized crop, flip, shuffling) or evaluation (centre, views)."""
+    scale: tuple[float, float] = (0.08, 1.0)
+    """Training crop: range of the crop's area as a fraction of the frame."""
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """Training crop: range of the crop's aspect ratio (width / height)."""
+    flip: bool = True
+    """Training: flip half of the clips horizontally."""
+    temporal_views: int = 1
+    """Evaluation: clips per sample spread over time."""
+    spatial_views: int = 1
+    """Evaluation: square crops per clip along the long side (1 = centre, 3 = left/centre/right)."""
+    clips_per_sample: int = 1
+    """Training: clips cut from each decoded sample (different offsets and crops), sharing its decode."""
+    batch_size: int = 8
+    """Clips per batch."""
+    workers: int = 2
+    """DataLoader worker processes (0 decodes in the main process)."""
+    shuffle_buffer: int = 256
+    """Training: encoded samples in the shuffle buffer before decoding (0 or 1 disables it)."""
+    clip_buffer: int = 16
+    """Training: decoded clips in the shuffle buffer after decoding, so clips of one sample spread out."""
+    seed: int = 0
+    """Seed of every random choice; the order is a pure function of (seed, epoch)."""
+    drop_last: bool = True
+    """Drop each rank's last partial batch."""
+    decoder_threads: int = 1
+    """Decoder threads per worker (1 = none, 0 = FFmpeg's choice); helps only with spare cores."""
+    interpolation: str = "bilinear"
+    """swscale filter for the fused crop and resize: bilinear, area, bicubic or fast_bilinear."""
+    cache_dir: str | None = None
+    """Cache http(s) shards here (downloaded once, sha256-checked); None streams them."""
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, not {self.sampling!r}")
+        if self.short not in SHORT_MODES:
+            raise ValueError(f"short must be one of {SHORT_MODES}, not {self.short!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
+        for name in ("frames", "stride", "size", "batch_size", "clips_per_sample", "temporal_views",
+                     "spatial_views"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if min(self.workers, self.shuffle_buffer, self.clip_buffer, self.decoder_threads) < 0:
+            raise ValueError("workers, shuffle_buffer, clip_buffer and decoder_threads must be >= 0")
+        self.clip_spec()  # validates scale and ratio
+
+    def clip_spec(self) -> ClipSpec:
+        return ClipSpec(frames=self.frames, stride=self.stride, sampling=self.sampling, train=self.train,
+                        scale=tuple(self.scale), ratio=tuple(self.ratio), flip=self.flip,
+                        temporal_views=self.temporal_views, spatial_views=self.spatial_views,
+                        clips_per_sample=self.clips_per_sample if self.train else 1, short=self.short)
+
+
+@dataclass
+class LoaderStats:
+    """What one epoch did on this rank."""
+
+    epoch: int = 0
+    batches: int = 0
+    clips: int = 0
+    padded: int = 0
+    """Clips repeated (``valid=False``) to fill the rank's quota."""
+    skipped: int = 0
+    """Corrupt samples skipped."""
+    skipped_keys: list[tuple[str, str]] = field(default_factory=list)
+    """(key or shard, reason) of the first skipped samples."""
+
+    def add_skipped(self, items: list[tuple[str, str]]) -> None:
+        self.skipped += len(items)
+        self.skipped_keys.extend(items[: max(0, 100 - len(self.skipped_keys))])
+
+
+def read_label(sample: dict[str, Any]) -> int:
+    """``KEY.cls`` as int, else the ``label`` of ``KEY.json``, else -1."""
+    if "cls" in sample:
+        return int(bytes(sample["cls"]).decode("ascii").strip())
+    if "json" in sample:
+        label = json.loads(sample["json"]).get("label")
+        return -1 if label is None else int(label)
+    return -1
+
+
+class _Report:
+    """Corrupt samples a worker skipped since its last batch."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def handler(self, exn: Exception) -> bool:
+        """webdataset exception handler: note the problem, keep going."""
+        self.items.append((str(exn.args[-1]) if exn.args else "shard", repr(exn)[:300]))
+        log.warning("skipping unreadable shard data: %r", exn)
+        return True
+
+    def drain(self) -> list[tuple[str, str]]:
+        items, self.items = self.items, []
+        return items
+
+
+class _EpochPipeline(IterableDataset):
+    """One rank's epoch as a webdataset pipeline; built inside each DataLoader worker."""
+
+    def __init__(self, cfg: LoaderConfig, source: ShardSource, epoch: int, rank: int, world: int) -> None:
+        super().__init__()
+        self.cfg, self.source, self.epoch, self.rank, self.world = cfg, source, epoch, rank, world
+
+    def _spans(self, worker: int, workers: int) -> list[Span]:
+        counts, cfg = self.source.counts, self.cfg
+        if counts is None:
+            return unsized_spans(len(self.source.urls), cfg.seed, self.epoch, self.rank * workers + worker,
+                                 self.world * workers, shuffle=cfg.train)
+        spans = rank_spans(counts, cfg.seed, self.epoch, self.rank, self.world, shuffle=cfg.train)
+        return worker_spans(spans, worker, workers)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        cfg, report = self.cfg, _Report()
+        rng = random.Random(f"vidshard-clips-{cfg.seed}-{self.epoch}-{self.rank}-{worker}")
+        shuffle = cfg.train
+        spans = self._spans(worker, workers)
+        stages = [
+            lambda: iter([{"span": s} for s in spans]),
+            lambda src: _read_spans(src, self.source, report),
+            wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=rng)
+            if shuffle and cfg.shuffle_buffer > 1 else None,
+            lambda src: _decode_clips(src, cfg, rng, report),
+            wds.shuffle(cfg.clip_buffer, initial=cfg.clip_buffer, rng=rng)
+            if shuffle and cfg.clip_buffer > 1 else None,
+            wds.batched(cfg.batch_size, collation_fn=_collate, partial=True),
+            lambda src: _attach_reports(src, report),
+        ]
+        return iter(wds.DataPipeline(*stages))
+
+
+def _read_spans(src: Iterator[dict], source: ShardSource, report: _Report) -> Iterator[dict[str, Any]]:
+    """Samples of each span: webdataset reads the shard, we keep samples ``start`` to ``stop``."""
+    for item in src:
+        span: Span = item["span"]
+        try:
+            url = source.open_url(span.shard)
+        except Exception as exn:  # a shard that cannot be fetched: its samples count as skipped
+            report.handler(exn)
+            continue
+        samples = wds.tarfile_to_samples(handler=report.handler)(iter([{"url": url}]))
+        for i, sample in enumerate(samples):
+            if span.stop is not None and i >= span.stop:
+                break  # stop reading: the rest of the shard belongs to another reader
+            if i >= span.start:
+                yield sample
+
+
+def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
+                  report: _Report) -> Iterator[dict[str, Any]]:
+    """Decode each sample once into its clips; a sample that fails is reported and skipped."""
+    spec = cfg.clip_spec()
+    for sample in src:
+        key = sample.get("__key__", "?")
+        try:
+            ext = next((e for e in VIDEO_EXTS if e in sample), None)
+            if ext is None:
+                raise ValueError(f"no video member (one of {VIDEO_EXTS})")
+            label = read_label(sample)
+            clips = decode_sample(sample[ext], lambda n, w, h: plan_sample(n, w, h, spec, rng), cfg.size,
+                                  cfg.decoder_threads, cfg.interpolation)
+        except Exception as exn:  # any failure of one sample must not end the epoch
+            log.warning("skipping corrupt sample %s in %s: %s", key, sample.get("__url__", "?"), exn)
+            report.items.append((key, f"{type(exn).__name__}: {exn}"[:300]))
+            continue
+        for clip in clips:  # (V, C, T, H, W)
+            yield {"video": clip[0] if cfg.train else clip, "label": label, "key": key}
+
+
+def _collate(clips: list[dict[str, Any]]) -> dict[str, Any]:
+    video = torch.from_numpy(np.stack([c["video"] for c in clips]))  # (B, C, T, H, W) or (B, V, C, T, H, W)
+    return {"video": video, "label": torch.tensor([c["label"] for c in clips], dtype=torch.int64),
+            "key": [c["key"] for c in clips], "valid": torch.ones(len(clips), dtype=torch.bool)}
+
+
+def _attach_reports(src: Iterator[dict], report: _Report) -> Iterator[dict[str, Any]]:
+    for batch in src:
+        batch["skipped"] = report.drain()
+        yield batch
+    if report.items:  # problems after the last batch still reach the main process
+        yield {"skipped": report.drain()}
+
+
+def _cat(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(pieces) == 1:
+        return pieces[0]
+    return {"video": torch.cat([p["video"] for p in pieces]),  # (B, ...) along the batch
+            "label": torch.cat([p["label"] for p in pieces]),
+            "key": [k for p in pieces for k in p["key"]], "valid": torch.cat([p["valid"] for p in pieces])}
+
+
+def _slice(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    return {"video": batch["video"][start:stop], "label": batch["label"][start:stop],
+            "key": batch["key"][start:stop], "valid": batch["valid"][start:stop]}
+
+
+def _repeats(recent: dict[str, Any], count: int) -> dict[str, Any]:
+    """``count`` clips cycled from ``recent``, marked invalid."""
+    idx = torch.arange(count) % len(recent["key"])
+    return {"video": recent["video"][idx], "label": recent["label"][idx],
+            "key": [recent["key"][i] for i in idx.tolist()], "valid": torch.zeros(count, dtype=torch.bool)}
+
+
+def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None, drop_last: bool,
+            stats: LoaderStats) -> Iterator[dict[str, Any]]:
+    """Merge the workers' batches into batches of ``batch_size`` holding exactly ``quota`` clips.
+
+    Clips beyond ``quota`` are dropped; a shortfall is filled by repeating the last clips, marked invalid.
+    ``quota`` None (unknown counts) passes everything through.
+    """
+    buf: list[dict[str, Any]] = []
+    pending = emitted = 0
+    recent: dict[str, Any] | None = None
+    for piece in pieces:
+        stats.add_skipped(piece.pop("skipped", []))
+        if "video" not in piece:
+            continue
+        room = len(piece["key"]) if quota is None else min(len(piece["key"]), quota - emitted - pending)
+        if room <= 0:
+            continue
+        buf.append(piece if room == len(piece["key"]) else _slice(piece, 0, room))
+        pending += room
+        while pending >= batch_size:
+            whole = _cat(buf)
+            batch, rest = _slice(whole, 0, batch_size), _slice(whole, batch_size, pending)
+            buf, pending, emitted, recent = ([rest] if pending > batch_size else []), pending - batch_size, \
+                emitted + batch_size, batch
+            yield batch
+    if quota is not None and emitted + pending < quota:
+        pool = _cat(buf) if buf else recent
+        if pool is None:
+            raise RuntimeError("no clip could be decoded on this rank: every sample failed "
+                               f"({stats.skipped} skipped, first: {stats.skipped_keys[:3]})")
+        fill = quota - emitted - pending
+        stats.padded += fill
+        buf.append(_repeats(pool, fill))
+        pending += fill
+    whole = _cat(buf) if buf else None
+    for start in range(0, pending, batch_size):
+        stop = min(pending, start + batch_size)
+        if stop - start == batch_size or not drop_last:
+            yield _slice(whole, start, stop)
+
+
+def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return (dist.get_rank() if rank is None else rank,
+                dist.get_world_size() if world_size is None else world_size)
+    return rank or 0, world_size or 1
+
+
+class ClipLoader:
+    """Batches of clips from a shard set for one rank (see the module docstring for the layout).
+
+    ``rank`` and ``world_size`` default to torch.distributed's when it is initialized, else 0 and 1.
+    Call :meth:`set_epoch` before each epoch; iterating yields exactly ``len(self)`` batches.
+    """
+
+    def __init__(self, cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None) -> None:
+        self.cfg = cfg
+        self.rank, self.world_size = _dist_defaults(rank, world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} not in [0, {self.world_size})")
+        self.source = resolve(cfg.source, cfg.cache_dir)
+        self.epoch = 0
+        self.stats = LoaderStats()
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Label names from the manifest (index = label), or None when unlabeled or unknown."""
+        return self.source.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes or [])
+
+    @property
+    def num_samples(self) -> int | None:
+        """Samples in the whole shard set (None without a manifest)."""
+        counts = self.source.counts
+        return None if counts is None else sum(counts)
+
+    @property
+    def clip_quota(self) -> int | None:
+        """Clips this rank yields per epoch (the same on every rank)."""
+        total = self.num_samples
+        if total is None:
+            return None
+        return samples_per_rank(total, self.world_size) * self.cfg.clip_spec().clips_per_sample
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        total = self.num_samples
+        if total is None:
+            raise TypeError(f"{self.cfg.source}: batches per epoch need the manifest's sample counts; "
+                            "open the shard set by folder or manifest.json instead of a pattern/pipe:")
+        return batches_per_epoch(total, self.world_size, self.cfg.clip_spec().clips_per_sample,
+                                 self.cfg.batch_size, self.cfg.drop_last)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        cfg = self.cfg
+        self.stats = LoaderStats(epoch=self.epoch)
+        pipeline = _EpochPipeline(cfg, self.source, self.epoch, self.rank, self.world_size)
+        loader = DataLoader(pipeline, batch_size=None, num_workers=cfg.workers,
+                            prefetch_factor=2 if cfg.workers else None)
+        pin = torch.cuda.is_available()
+        for batch in rebatch(iter(loader), cfg.batch_size, self.clip_quota, cfg.drop_last, self.stats):
+            self.stats.batches += 1
+            self.stats.clips += len(batch["key"])
+            if pin:
+                batch["video"] = batch["video"].pin_memory()
+            yield batch
+        if self.stats.skipped:
+            log.warning("epoch %d, rank %d: skipped %d corrupt samples (first: %s)", self.epoch, self.rank,
+                        self.stats.skipped, self.stats.skipped_keys[:3])
+
