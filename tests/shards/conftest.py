@@ -22,7 +22,8 @@ def _build_shardset(folder: Path, clips: list[tuple[str, int, bytes]], *, settin
     with ShardWriter(folder, max_bytes=max_bytes) as w:
         for i, (rel, label, mp4) in enumerate(clips):
             meta = SampleMeta(video=rel, video_id=video_id(rel), chunk=i % 2, start_s=0.0, end_s=1.0,
-                              frames=25, fps=25.0, width=64, height=48, label=label,
+                              frames=25, fps=25.0, width=64, height=48,
+                              label=None if classes is None else label,
                               label_name=None if classes is None else classes[label])
             infos += w.write(sample_members(meta, mp4))
         last = w.close()
