@@ -166,3 +166,115 @@ def read_counter(gray_row: list[int] | object, width: int) -> int:
         if int(gray_row[x]) > 127:
             n |= 1 << b
     return n
+
+
+def remux(src: str | Path, dst: str | Path, *, rotation: int | None = None) -> Path:
+    """Copy ``src`` to ``dst`` without re-encoding, optionally tagging a display rotation
+    (degrees counter-clockwise, as a phone does), to make rotated test videos."""
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    if rotation is not None:
+        args += ["-display_rotation", str(rotation)]
+    args += ["-i", local_url(src), "-c", "copy", local_url(dst)]
+    run(args, timeout=120)
+    return Path(dst)
+
+
+def local_url(path: str | Path) -> str:
+    """``file:`` plus the absolute path, so ffmpeg never reads a name such as
+    ``concat:a.mp4``, ``http:x`` or ``-y.mp4`` as a protocol or an option."""
+    return "file:" + os.path.abspath(os.fspath(path))
+
+
+# --- The preprocessing transcode ------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscodeSpec:
+    """One ffmpeg run: decode a source (or a segment of it) once, emit every chunk."""
+
+    short_side: int
+    """Short side of the output in square pixels (even)."""
+    crf: int
+    """libx264 constant rate factor."""
+    gop: int
+    """Keyframe interval in frames."""
+    preset: str = "veryfast"
+    """libx264 preset."""
+    fps: float | None = None
+    """Output frame rate; ``None`` keeps the source's."""
+    keep_audio: bool = False
+    """Keep the first audio stream (AAC) instead of dropping audio."""
+    start_s: float | None = None
+    """Start of the segment in the source, seconds (``None``: the beginning)."""
+    duration_s: float | None = None
+    """Length of the segment, seconds (``None``: to the end)."""
+    split_s: tuple[float, ...] = ()
+    """Chunk boundaries after the first, in seconds from the segment start."""
+    threads: int = 0
+    """Encoder threads (0: ffmpeg's choice)."""
+
+
+def scale_filter(short_side: int) -> str:
+    """Scale so the short side is ``short_side``, keeping the display aspect ratio.
+
+    ``dar`` is evaluated on the frames as they reach the filter (after ffmpeg's
+    autorotation), so rotation and non-square pixels are handled by ffmpeg itself;
+    both sides come out even. :func:`vidshard.preprocess.plan.output_size` is the
+    same rule in Python.
+    """
+    s = short_side
+    w = f"if(gte(dar\\,1)\\,2*round({s}*dar/2)\\,{s})"
+    h = f"if(gte(dar\\,1)\\,{s}\\,2*round({s}/dar/2))"
+    return f"scale=w={w}:h={h}:flags=bilinear,setsar=1"
+
+
+def _times(ts: tuple[float, ...]) -> str:
+    return ",".join(f"{t:.6f}" for t in ts)
+
+
+def transcode_args(src: str | Path, out_dir: str | Path, spec: TranscodeSpec) -> list[str]:
+    """The full ffmpeg command for ``spec`` (pure; no process is started).
+
+    Chunks go to ``out_dir/00000.mp4``, ``00001.mp4``, ... through the segment muxer:
+    one decode for all chunks, a forced keyframe at each chunk start so every chunk
+    starts with one, timestamps reset per chunk.
+    """
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    if spec.start_s:
+        args += ["-ss", f"{spec.start_s:.6f}"]
+    args += ["-i", local_url(src)]
+    if spec.duration_s is not None:
+        args += ["-t", f"{spec.duration_s:.6f}"]
+    args += ["-map", "0:v:0"]
+    filters = ([f"fps={spec.fps:g}"] if spec.fps else []) + [scale_filter(spec.short_side), "format=yuv420p"]
+    args += ["-vf", ",".join(filters)]
+    args += ["-c:v", "libx264", "-preset", spec.preset, "-crf", str(spec.crf), "-pix_fmt", "yuv420p",
+             "-g", str(spec.gop), "-keyint_min", str(spec.gop), "-sc_threshold", "0"]
+    if spec.threads:
+        args += ["-threads", str(spec.threads)]
+    if spec.split_s:
+        args += ["-force_key_frames", _times(spec.split_s)]
+    if spec.keep_audio:
+        args += ["-map", "0:a:0?", "-c:a", "aac", "-b:a", "128k"]
+    else:
+        args += ["-an"]
+    args += ["-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1"]
+    args += ["-f", "segment", "-segment_format", "mp4", "-reset_timestamps", "1",
+             "-segment_format_options", "movflags=+faststart"]
+    if spec.split_s:
+        # Without a small tolerance, timestamp rounding can move a cut to the next keyframe.
+        args += ["-segment_times", _times(spec.split_s), "-segment_time_delta", "0.001"]
+    else:
+        args += ["-segment_time", "100000000"]  # one chunk: never split
+    # The segment muxer expands '%' in the name: escape the folder's own.
+    return args + [os.path.abspath(os.fspath(out_dir)).replace("%", "%%") + "/%05d.mp4"]
+
+
+def transcode(src: str | Path, out_dir: Path, spec: TranscodeSpec,
+              timeout: float | None = None) -> tuple[list[Path], str]:
+    """Run :func:`transcode_args` into ``out_dir``; return the chunk files in order
+    and ffmpeg's error output (non-empty when it met damaged data but went on)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proc = run(transcode_args(src, out_dir, spec), timeout=timeout)
+    chunks = sorted(out_dir.glob("[0-9][0-9][0-9][0-9][0-9].mp4"))
+    return chunks, proc.stderr.decode("utf-8", "replace").strip()

@@ -1,0 +1,111 @@
+"""The preprocessing configuration: every choice `vidshard preprocess` makes."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vidshard.shards.schema import DEFAULT_PREFIX
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+def parse_size(text: str | int) -> int:
+    """``"1GB"`` -> 10**9, ``"512MiB"`` -> 2**29, ``"2000000"`` -> 2000000 bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"size {text!r}: expected bytes or a number with a unit, e.g. 1GB, 500MB, 512MiB")
+    unit = (m[2] or "").lower().removesuffix("b")
+    return int(float(m[1]) * _UNITS[unit])
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessConfig:
+    """Inputs, outputs and every encoding choice of one preprocessing run."""
+
+    input: Path
+    """A folder of videos (searched recursively) or a .csv / .jsonl list with a ``path`` column."""
+    output: Path
+    """Folder of the shard set (created; a re-run with the same options resumes / adds new videos)."""
+    chunk_seconds: float = 10.0
+    """Length of each clip (sample) in seconds."""
+    min_chunk_seconds: float = 2.0
+    """A last piece shorter than this joins the chunk before it instead of being its own sample."""
+    short_side: int = 288
+    """Short side of the output in pixels (even); aspect ratio kept, square pixels."""
+    fps: float | None = None
+    """Resample to this frame rate; ``None`` keeps each source's rate."""
+    crf: int = 23
+    """x264 quality (constant rate factor): lower is better and bigger."""
+    gop: int = 16
+    """A keyframe every this many frames (a random clip start decodes at most this many extra frames)."""
+    preset: str = "veryfast"
+    """x264 speed preset."""
+    keep_audio: bool = False
+    """Keep the first audio track (AAC); dropped by default."""
+    labels_from_dirs: bool = False
+    """The first folder level under INPUT is the class name (Kinetics / UCF101 layout)."""
+    shard_size: int = 10**9
+    """Maximum shard size in bytes."""
+    prefix: str = DEFAULT_PREFIX
+    """Shard name prefix: ``PREFIX-000000.tar``."""
+    workers: int = 0
+    """Parallel encoding processes; 0 = all cores."""
+    part: tuple[int, int] | None = None
+    """``(I, N)``: process only part I of N of the inputs (1-based), into shards named ``PREFIX-pIIofNN``."""
+    retry_failed: bool = False
+    """Try inputs listed in failures.jsonl again (by default a re-run skips them)."""
+    dry_run: bool = False
+    """Probe and show the plan; encode nothing."""
+    quiet: bool = False
+    """No live progress bar: plain log lines only (for batch jobs and log files)."""
+    strict: bool = False
+    """Exit non-zero when any input failed (by default: only when none succeeded)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input", Path(self.input))
+        object.__setattr__(self, "output", Path(self.output))
+        if self.chunk_seconds <= 0:
+            raise ValueError(f"chunk_seconds must be > 0, got {self.chunk_seconds}")
+        if not 0 <= self.min_chunk_seconds <= self.chunk_seconds:
+            raise ValueError(f"min_chunk_seconds must be in [0, chunk_seconds], got {self.min_chunk_seconds}")
+        if self.short_side < 16 or self.short_side % 2:
+            raise ValueError(f"short_side must be even and >= 16 (H.264 yuv420p), got {self.short_side}")
+        if self.fps is not None and not 0 < self.fps <= 1000:
+            raise ValueError(f"fps must be in (0, 1000], got {self.fps}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"crf must be in [0, 51], got {self.crf}")
+        if self.gop < 1:
+            raise ValueError(f"gop must be >= 1, got {self.gop}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r}: one of {', '.join(PRESETS)}")
+        if self.shard_size < 1 << 16:
+            raise ValueError(f"shard_size must be at least 64 KiB, got {self.shard_size}")
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.prefix):
+            raise ValueError(f"prefix {self.prefix!r} may hold only letters, digits, '_' and '-'")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
+        if self.part is not None and not 1 <= self.part[0] <= self.part[1]:
+            raise ValueError(f"part {self.part}: expected (I, N) with 1 <= I <= N")
+
+    @property
+    def num_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def settings(self) -> dict[str, Any]:
+        """What goes into ``manifest.json`` ``settings``; a re-run must match it."""
+        return {
+            "chunk_seconds": self.chunk_seconds, "min_chunk_seconds": self.min_chunk_seconds,
+            "short_side": self.short_side, "fps": self.fps, "codec": "h264", "pix_fmt": "yuv420p",
+            "crf": self.crf, "gop": self.gop, "preset": self.preset, "keep_audio": self.keep_audio,
+            "labels_from_dirs": self.labels_from_dirs, "prefix": self.prefix,
+            "part": None if self.part is None else f"{self.part[0]}/{self.part[1]}",
+        }

@@ -1,0 +1,110 @@
+"""Pure planning: chunk boundaries, output sizes, the part split, class ids.
+
+Every function here is a function of its arguments only (no files, no clocks),
+so tests check them by invariants: chunks cover the source with no gap and no
+overlap, sizes are even with the short side exact, the parts of a split are
+disjoint and cover every input.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from fractions import Fraction
+
+# Chunk boundaries are rounded to this step (seconds), so they print and compare exactly.
+_EPS = 1e-6
+
+
+def chunk_bounds(duration_s: float, chunk_s: float, min_chunk_s: float) -> list[tuple[float, float]]:
+    """Cut ``[0, duration_s)`` into chunks of ``chunk_s`` seconds.
+
+    The last short piece is its own chunk when it lasts at least ``min_chunk_s``;
+    otherwise it is added to the chunk before it, so the chunks always cover the
+    whole source, back to back. A source shorter than ``min_chunk_s`` is still
+    one chunk (every playable video yields a sample).
+    """
+    if duration_s <= 0:
+        return []
+    if chunk_s <= 0:
+        raise ValueError(f"chunk_s must be > 0, got {chunk_s}")
+    n_full = max(1, math.floor(duration_s / chunk_s + _EPS))
+    starts = [i * chunk_s for i in range(n_full)]
+    rest = duration_s - n_full * chunk_s
+    if rest > _EPS and rest >= min_chunk_s - _EPS:
+        starts.append(n_full * chunk_s)
+    ends = starts[1:] + [duration_s]
+    return [(round(a, 6), round(b, 6)) for a, b in zip(starts, ends, strict=True)]
+
+
+def split_points(bounds: list[tuple[float, float]]) -> tuple[float, ...]:
+    """Where the encoder must cut: every chunk start but the first."""
+    return tuple(start for start, _ in bounds[1:])
+
+
+def output_size(width: int, height: int, sar: Fraction | float, rotation: int,
+                short_side: int) -> tuple[int, int]:
+    """Output ``(width, height)`` in square pixels: short side ``short_side``, the
+    display aspect ratio kept (pixel aspect and rotation applied), both even.
+
+    The same rule as the ffmpeg scale filter in ``ffmpeg.scale_filter``.
+    """
+    dar = Fraction(width) * Fraction(sar) / Fraction(height)
+    if rotation % 180 == 90:
+        dar = 1 / dar
+    s = short_side
+    if dar >= 1:
+        return 2 * _round_half_away(s * dar / 2), s
+    return s, 2 * _round_half_away(s / dar / 2)
+
+
+def _round_half_away(x: Fraction) -> int:
+    """ffmpeg's ``round()``: half away from zero (Python's ``round`` is half-to-even)."""
+    return int(math.floor(x + Fraction(1, 2)))
+
+
+_PART_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> ``(2, 4)``: part 2 of 4, counted from 1."""
+    m = _PART_RE.match(text)
+    if not m:
+        raise ValueError(f"--part {text!r}: expected I/N, e.g. 2/4 (part 2 of 4)")
+    i, n = int(m[1]), int(m[2])
+    if not 1 <= i <= n:
+        raise ValueError(f"--part {text!r}: I must be between 1 and N")
+    return i, n
+
+
+def part_of(vid: str, parts: int) -> int:
+    """The part (1..``parts``) an input belongs to. It depends on the input's id
+    only, so adding inputs never moves old ones to another part."""
+    return int(vid, 16) % parts + 1
+
+
+def part_prefix(prefix: str, part: tuple[int, int] | None) -> str:
+    """Shard-name prefix of a part run: ``train-p02of04``; ``prefix`` itself otherwise."""
+    if part is None:
+        return prefix
+    i, n = part
+    width = max(2, len(str(n)))
+    return f"{prefix}-p{i:0{width}d}of{n:0{width}d}"
+
+
+def class_list(names: Iterable[str | None], known: list[str] | None = None) -> list[str] | None:
+    """Label names, index = label id. Known classes keep their ids and new ones
+    are appended, so an incremental run never renumbers old samples. Names that
+    are all integers are used as the ids themselves (``"0".."399"``)."""
+    new = {n for n in names if n is not None}
+    if not new and not known:
+        return None
+    known = list(known or [])
+    fresh = new - set(known)
+    if not fresh:
+        return known
+    if all(n.isdigit() for n in new | set(known)):
+        top = max(int(n) for n in new | set(known))
+        return [str(i) for i in range(top + 1)]
+    return known + sorted(fresh)

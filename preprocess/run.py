@@ -1,0 +1,188 @@
+"""`vidshard preprocess`: raw videos in, a resumable shard set out.
+
+Workers (a process pool, one ffmpeg process per video) encode into the staging
+folder; this process alone writes shards, the journal, the manifest and
+``failures.jsonl`` (see ``store.py`` for why that makes a kill at any moment safe).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from vidshard.shards.schema import failure_record
+
+from .config import PreprocessConfig
+from .encode import EncodeFailure, EncodeJob, EncodeOutcome, encode_video, read_staged, segment_of
+from .inputs import InputItem, list_inputs
+from .plan import chunk_bounds, class_list, output_size, part_of, part_prefix
+from .probe import ProbeError, probe
+from .report import Progress2, RunFigures, summary_lines, summary_table
+from .store import STATE_DIR, OutputStore
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessResult:
+    """What one call of :func:`preprocess` did."""
+
+    output: Path
+    """The shard-set folder."""
+    run: RunFigures
+    """Figures of this invocation."""
+    total: RunFigures
+    """Figures of the whole shard set after it."""
+    skipped: int = 0
+    """Inputs left alone because an earlier run finished (or failed) them."""
+    failures: list[dict] = field(default_factory=list)
+    """``failures.jsonl`` records added by this run."""
+
+    def exit_code(self, strict: bool = False) -> int:
+        """0 when the shard set holds at least one video (and, with ``strict``, nothing failed)."""
+        if self.total.videos_ok == 0:
+            return 1
+        return 1 if strict and self.total.videos_failed else 0
+
+
+def select_inputs(cfg: PreprocessConfig) -> tuple[list[InputItem], list[str] | None]:
+    """This run's inputs (one part of them with ``cfg.part``) and the class names of all
+    inputs, so every part numbers classes the same way."""
+    items = list_inputs(cfg.input, labels_from_dirs=cfg.labels_from_dirs, exclude=cfg.output)
+    unique = list({it.vid: it for it in items}.values())
+    names = [it.label_name for it in unique]
+    if cfg.part is not None:
+        i, n = cfg.part
+        unique = [it for it in unique if part_of(it.vid, n) == i]
+    return unique, names
+
+
+def preprocess(cfg: PreprocessConfig, console: Console | None = None) -> PreprocessResult:
+    """Preprocess ``cfg.input`` into the shard set ``cfg.output`` (resuming / adding to it)."""
+    console = console or Console(stderr=True, quiet=False)
+    t0 = time.monotonic()
+    items, names = select_inputs(cfg)
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    store = OutputStore(cfg.output, cfg.settings(), part_prefix(cfg.prefix, cfg.part), cfg.shard_size)
+    store.recover()
+    classes = class_list(names, store.classes)
+    if cfg.retry_failed:
+        todo = [it for it in items if not store.is_done(it.vid)]
+    else:
+        todo = [it for it in items if not store.is_done(it.vid) and not store.is_failed(it.vid)]
+    if cfg.dry_run:
+        _show_plan(cfg, todo, len(items) - len(todo), console)
+        return _result(cfg, store, (0, 0, 0.0, 0, 0, 0, 0), t0, len(items) - len(todo), [])
+    shards_before, bytes_before = len(store.shards), sum(s.bytes for s in store.shards)
+    store.begin(classes)
+    labels = {name: i for i, name in enumerate(classes or [])}
+    jobs = [EncodeJob(item=it, label=labels.get(it.label_name), staging=store.staging) for it in todo]
+    counts, new_failures = _encode_all(cfg, store, jobs, console)
+    store.finish()
+    bytes_out = sum(s.bytes for s in store.shards) - bytes_before
+    run = (counts["ok"], len(new_failures), counts["seconds"], counts["samples"],
+           len(store.shards) - shards_before, counts["bytes_in"], bytes_out)
+    result = _result(cfg, store, run, t0, len(items) - len(todo), new_failures)
+    _show_summary(cfg, result, console)
+    return result
+
+
+def _encode_all(cfg: PreprocessConfig, store: OutputStore, jobs: list[EncodeJob],
+                console: Console) -> tuple[dict, list[dict]]:
+    """Run the jobs on the pool (at most 2 per worker in flight) and pack results as they come."""
+    counts = {"ok": 0, "seconds": 0.0, "samples": 0, "bytes_in": 0}
+    failures: list[dict] = []
+    ready = [j for j in jobs if store.staged(j.item.vid)]  # encoded before a kill: pack, never re-encode
+    pending = iter([j for j in jobs if not store.staged(j.item.vid)])
+    ctx = multiprocessing.get_context("forkserver")
+    with Progress2(console, len(jobs), enabled=not cfg.quiet) as bar, \
+            cf.ProcessPoolExecutor(max_workers=cfg.num_workers, mp_context=ctx) as pool:
+        try:
+            for job in ready:
+                _handle(encode_video(job, cfg), store, counts, failures, bar, cfg, console)
+            running: set[cf.Future] = set()
+            while True:
+                while len(running) < 2 * cfg.num_workers and (job := next(pending, None)) is not None:
+                    running.add(pool.submit(encode_video, job, cfg))
+                if not running:
+                    break
+                finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    _handle(fut.result(), store, counts, failures, bar, cfg, console)
+        except BaseException:
+            for fut in running if "running" in locals() else ():
+                fut.cancel()
+            store.abort()
+            raise
+    return counts, failures
+
+
+def _handle(out: EncodeOutcome, store: OutputStore, counts: dict, failures: list[dict],
+            bar: Progress2, cfg: PreprocessConfig, console: Console) -> None:
+    item = out.item
+    if out.staged is None:
+        rec = failure_record(item.display, out.reason or "unknown error", video_id=item.vid)
+        store.add_failure(rec)
+        failures.append(rec)
+        if cfg.quiet:
+            console.print(f"failed: {item.display}: {out.reason}", markup=False, highlight=False,
+                          soft_wrap=True)
+    else:
+        store.forget_failure(item.vid)
+        meta = read_staged(out.staged)
+        counts["samples"] += store.pack(out.staged)
+        counts["ok"] += 1
+        counts["seconds"] += meta["seconds"]
+        counts["bytes_in"] += meta["bytes_in"]
+    bar.advance(out.seconds)
+
+
+def _result(cfg: PreprocessConfig, store: OutputStore, run: tuple, t0: float, skipped: int,
+            failures: list[dict]) -> PreprocessResult:
+    ok, failed, seconds, samples, shards, bytes_in, bytes_out = run
+    figures = RunFigures(videos_ok=ok, videos_failed=failed, seconds_in=seconds, samples=samples,
+                         shards=shards, bytes_in=bytes_in, bytes_out=bytes_out, wall_s=time.monotonic() - t0)
+    total = RunFigures(
+        videos_ok=len(store.videos), videos_failed=len(store.failures),
+        seconds_in=sum(v["seconds"] for v in store.videos.values()),
+        samples=sum(s.samples for s in store.shards),
+        shards=len(store.shards), bytes_in=sum(v["bytes_in"] for v in store.videos.values()),
+        bytes_out=sum(s.bytes for s in store.shards))
+    return PreprocessResult(output=cfg.output, run=figures, total=total, skipped=skipped, failures=failures)
+
+
+def _show_summary(cfg: PreprocessConfig, result: PreprocessResult, console: Console) -> None:
+    if cfg.quiet:
+        for line in summary_lines(result.run, result.total):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        return
+    title = f"vidshard preprocess -> {cfg.output}"
+    if result.skipped:
+        title += f" ({result.skipped} inputs already done or failed before, skipped)"
+    console.print(summary_table(result.run, result.total, title))
+    if result.failures:
+        where = cfg.output / "failures.jsonl"
+        console.print(f"[yellow]{len(result.failures)} input(s) failed; reasons in {where}")
+
+
+def _show_plan(cfg: PreprocessConfig, todo: list[InputItem], skipped: int, console: Console) -> None:
+    """``--dry-run``: probe each input and show its chunks and output size; encode nothing."""
+    table = Table(title=f"plan: {len(todo)} inputs to encode, {skipped} already done/failed (dry run)",
+                  title_justify="left")
+    for col in ("input", "label", "seconds", "chunks", "output size", "note"):
+        table.add_column(col)
+    for it in todo:
+        try:
+            info = probe(it.path)
+            start, duration = segment_of(it, info)
+            chunks = len(chunk_bounds(duration, cfg.chunk_seconds, cfg.min_chunk_seconds))
+            w, h = output_size(info.width, info.height, info.sar, info.rotation, cfg.short_side)
+            table.add_row(it.display, it.label_name or "", f"{duration:.2f}", str(chunks), f"{w}x{h}",
+                          f"{info.codec} {info.width}x{info.height} {info.fps:.3g} fps")
+        except (ProbeError, EncodeFailure, ValueError) as e:
+            table.add_row(it.display, it.label_name or "", "", "", "", f"[red]will fail: {e}")
+    console.print(table)
+    console.print(f"staging and journal would live in {cfg.output / STATE_DIR}")
