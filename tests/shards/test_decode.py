@@ -1,0 +1,100 @@
+"""Decoding clips from bytes: the right frames in time order, crops and flips applied, bad bytes rejected."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import av
+import numpy as np
+import pytest
+from av.video.frame import VideoFrame
+from vidshard.preprocess.ffmpeg import Synth, read_counter, synth_video
+from vidshard.shards.decode import CorruptSample, _droppable, _h264_length_size, crop_resize, decode_sample
+from vidshard.shards.sampling import Box, ClipPlan, ClipSpec, plan_sample
+
+SIDE = 80
+
+
+@pytest.fixture(scope="module")
+def counter_mp4(tmp_path_factory) -> bytes:
+    """120 frames, keyframe every 12, x264 defaults otherwise (B-frames, so some are non-reference)."""
+    path = tmp_path_factory.mktemp("dec") / "counter.mp4"
+    return synth_video(path, Synth(seconds=4.8, fps=25, width=SIDE, height=SIDE, pattern="counter",
+                                   gop=12)).read_bytes()
+
+
+def _numbers(clip: np.ndarray) -> list[int]:
+    """Frame numbers shown in a (C, T, H, W) clip of the counter pattern."""
+    return [read_counter(clip[0, t, clip.shape[2] // 2], clip.shape[3]) for t in range(clip.shape[1])]
+
+
+@pytest.mark.parametrize("start,stride", [(0, 1), (5, 4), (30, 13), (3, 40), (100, 2)])
+def test_decoded_frames_are_the_planned_ones_in_order(counter_mp4: bytes, start: int, stride: int) -> None:
+    idx = tuple(min(119, start + i * stride) for i in range(6))
+    plan = [[ClipPlan(idx, Box(0, 0, SIDE, SIDE), False)]]
+    (clip,) = decode_sample(counter_mp4, lambda n, w, h: plan, SIDE)
+    assert clip.shape == (1, 3, 6, SIDE, SIDE) and clip.dtype == np.uint8
+    assert _numbers(clip[0]) == list(idx)
+
+
+def test_several_clips_share_one_decode(counter_mp4: bytes) -> None:
+    spec = ClipSpec(frames=8, stride=3, train=False, temporal_views=3)
+    (views,) = decode_sample(counter_mp4, lambda n, w, h: plan_sample(n, w, h, spec, random.Random(0)), 40)
+    assert views.shape == (3, 3, 8, 40, 40)
+    starts = [_numbers(v)[0] for v in views]
+    assert starts == sorted(starts) and starts[0] == 0 and starts[-1] == 120 - 22
+    assert all(np.diff(_numbers(v)).tolist() == [3] * 7 for v in views)
+
+
+def test_flip_mirrors_the_picture(counter_mp4: bytes) -> None:
+    idx = (17,)
+    box = Box(0, 0, SIDE, SIDE)
+    (a,) = decode_sample(counter_mp4, lambda n, w, h: [[ClipPlan(idx, box, False)]], SIDE)
+    (b,) = decode_sample(counter_mp4, lambda n, w, h: [[ClipPlan(idx, box, True)]], SIDE)
+    assert np.abs(a[0].astype(int) - b[0][..., ::-1].astype(int)).mean() < 2
+
+
+def test_crop_takes_only_the_box_region() -> None:
+    rgb = np.zeros((120, 160, 3), np.uint8)
+    rgb[:60, :80] = (250, 20, 20)  # red top-left quadrant
+    rgb[60:, 80:] = (20, 20, 250)  # blue bottom-right
+    frame = VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    out = crop_resize([frame], Box(0, 0, 80, 60), 32)  # (C, T, H, W)
+    assert out.shape == (3, 1, 32, 32)
+    assert out[0, 0, 4:-4, 4:-4].min() > 200 and out[2, 0, 4:-4, 4:-4].max() < 60
+    out = crop_resize([frame], Box(80, 60, 80, 60), 48)
+    assert out[2, 0, 4:-4, 4:-4].min() > 200 and out[0, 0, 4:-4, 4:-4].max() < 60
+
+
+def test_non_reference_frames_are_recognised(counter_mp4: bytes) -> None:
+    with av.open(io.BytesIO(counter_mp4)) as c:
+        s = c.streams.video[0]
+        size = _h264_length_size(s)
+        flags = [_droppable(bytes(p), size) for p in c.demux(s) if p.size]
+    assert size == 4 and any(flags) and not all(flags)
+
+
+def test_short_sample_repeats_last_frame(tmp_path) -> None:
+    data = synth_video(tmp_path / "short.mp4", Synth(seconds=0.4, fps=25, width=SIDE, height=SIDE,
+                                                     pattern="counter")).read_bytes()
+    spec = ClipSpec(frames=6, stride=4, train=False)
+    (clip,) = decode_sample(data, lambda n, w, h: plan_sample(n, w, h, spec, random.Random(0)), SIDE)
+    assert _numbers(clip[0]) == [0, 4, 8, 9, 9, 9]
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00" * 1000, b"not a video at all" * 50])
+def test_garbage_bytes_raise_corrupt_sample(data: bytes) -> None:
+    with pytest.raises(CorruptSample):
+        decode_sample(data, lambda n, w, h: [], 32)
+
+
+def test_truncated_video_never_crashes_otherwise(counter_mp4: bytes) -> None:
+    spec = ClipSpec(frames=4, stride=2)
+    for cut in (200, len(counter_mp4) // 2):
+        try:
+            clips = decode_sample(counter_mp4[:cut], lambda n, w, h: plan_sample(n, w, h, spec,
+                                                                              random.Random(0)), 32)
+        except (CorruptSample, av.FFmpegError):
+            continue
+        assert clips[0].shape == (1, 3, 4, 32, 32)
