@@ -86,6 +86,143 @@ def preprocess_cmd(
 
 # == verify / serve / inspect / merge (shards/) ==================================================
 
+
+def _sh_default(module: str, cls: str, name: str):
+    import importlib
+
+    config = getattr(importlib.import_module(f"vidshard.shards.{module}"), cls)
+    return config.__dataclass_fields__[name].default
+
+
+def _sh_fail(e: Exception) -> typer.Exit:
+    typer.echo(f"error: {e}", err=True)
+    return typer.Exit(2)
+
+
+@app.command("verify")
+def verify_cmd(
+    shardset: str = typer.Argument(..., help="Shard-set folder, its manifest.json, or an http(s):// URL "
+                                   "serving it (vidshard serve)."),
+    deep: bool = typer.Option(False, "--deep", help="Also decode the first frame of every clip (slower)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Check a shard set against its manifest.json before training on it.
+
+    Every shard's sha256, size and sample count, and every sample's members and metadata.
+    Exits 1 naming the missing or corrupt shards (2 when the set cannot be read at all).
+    """
+    from rich.console import Console
+    from vidshard.shards.cache import FetchError
+    from vidshard.shards.verify import VerifyConfig, report_table, verify
+
+    try:
+        result = verify(VerifyConfig(location=shardset, deep=deep, progress=not quiet))
+    except (OSError, ValueError, FetchError) as e:
+        raise _sh_fail(e) from None
+    Console().print(report_table(result))
+    for line in result.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    for line in result.problems:
+        typer.echo(f"problem: {line}", err=True)
+    for status in ("missing", "corrupt"):
+        names = [c.name for c in result.bad if c.status == status]
+        if names:
+            typer.echo(f"{status}: {' '.join(names)}", err=True)
+    if not result.ok:
+        typer.echo(f"FAILED: {shardset} is not intact; re-copy or re-create the shards named above.",
+                   err=True)
+        raise typer.Exit(1)
+    typer.echo(f"OK: {len(result.shards)} shards, {result.manifest.num_samples} samples match the manifest.")
+
+
+@app.command("serve")
+def serve_cmd(
+    shardset: Path = typer.Argument(..., help="Shard-set folder (with manifest.json) to serve read-only."),
+    host: str = typer.Option(_sh_default("serve", "ServeConfig", "host"),
+                             help="Interface to bind; 0.0.0.0 serves other machines (the default is this "
+                             "machine only)."),
+    port: int = typer.Option(_sh_default("serve", "ServeConfig", "port"),
+                             help="TCP port; 0 picks a free one."),
+) -> None:
+    """Serve a shard set read-only over HTTP to other machines.
+
+    Range requests supported; only manifest.json, failures.jsonl and the listed shards are
+    reachable. Train elsewhere from the printed http://host:port/ with --cache-dir.
+    """
+    from vidshard.shards.serve import ServeConfig, serve
+
+    try:
+        cfg = ServeConfig(shardset=shardset, host=host, port=port)
+        serve(cfg)
+    except (OSError, ValueError) as e:
+        raise _sh_fail(e) from None
+
+
+@app.command("inspect")
+def inspect_cmd(
+    shardset: str = typer.Argument(..., help="Shard-set folder, its manifest.json, or an http(s):// URL."),
+    sheet: Path = typer.Option(None, help="Write a contact sheet (PNG) of a few samples' frames here."),
+    samples: int = typer.Option(_sh_default("inspect", "InspectConfig", "samples"),
+                                help="Samples (rows) on the contact sheet, spread over the set."),
+    frames: int = typer.Option(_sh_default("inspect", "InspectConfig", "frames"),
+                               help="Frames per sample on the contact sheet."),
+    reconstruct: str = typer.Option(None, help="MAE checkpoint: write its reconstructions of a few samples "
+                                    "to --sheet instead (input, masked, reconstruction rows)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Summarise a shard set and optionally draw a contact sheet of its clips.
+
+    Samples, hours, classes with counts, resolutions, frame rates and clip durations.
+    """
+    from rich.console import Console
+    from vidshard.shards.cache import FetchError
+    from vidshard.shards.inspect import InspectConfig, inspect, summary_tables
+
+    if reconstruct and sheet is None:
+        raise _sh_fail(ValueError("--reconstruct needs --sheet FILE.png to write the reconstructions to"))
+    try:
+        cfg = InspectConfig(location=shardset, sheet=None if reconstruct else sheet, samples=samples,
+                            frames=frames, progress=not quiet)
+        summary = inspect(cfg)
+        if reconstruct:
+            from vidshard.train.visualize import save_reconstruction_sheet
+
+            save_reconstruction_sheet(reconstruct, shardset, sheet, samples)
+    except (OSError, ValueError, FetchError) as e:
+        raise _sh_fail(e) from None
+    console = Console()
+    for table in summary_tables(summary):
+        console.print(table)
+    if sheet is not None:
+        typer.echo(f"contact sheet: {sheet}")
+
+
+@app.command("merge")
+def merge_cmd(
+    paths: list[Path] = typer.Argument(..., help="SET... OUTPUT: shard sets made with the same settings "
+                                       "(e.g. the parts of `preprocess --part I/N`), then the new folder."),
+    copy: bool = typer.Option(False, "--copy", help="Copy shards instead of hard-linking them."),
+    prefix: str = typer.Option(None, help="Shard name prefix in OUTPUT (default: the sets' prefix)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Combine shard sets made on different machines into one.
+
+    Shards are hard-linked (or copied) into OUTPUT and renumbered under one manifest. Refuses sets
+    whose settings or class lists differ, or whose sample keys overlap.
+    """
+    from vidshard.shards.merge import MergeConfig, MergeError, merge
+
+    if len(paths) < 2:
+        raise _sh_fail(ValueError("give at least one shard set and the OUTPUT folder"))
+    try:
+        m = merge(MergeConfig(sets=tuple(paths[:-1]), output=paths[-1], copy=copy, prefix=prefix,
+                              progress=not quiet))
+    except (OSError, ValueError, MergeError) as e:
+        raise _sh_fail(e) from None
+    typer.echo(f"merged {len(paths) - 1} sets into {paths[-1]}: {len(m.shards)} shards, "
+               f"{m.num_samples} samples")
+
+
 # == bench =======================================================================================
 
 # == demo ========================================================================================

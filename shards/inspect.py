@@ -197,8 +197,9 @@ def summary_tables(s: Summary) -> list[Table]:
         if s.classes.get(None):
             classes.add_row("-", "(unlabeled)", str(s.classes[None]))
         tables.append(classes)
-    for title, counter in (("resolutions", s.resolutions), ("frame rates", s.frame_rates)):
-        t = Table(title, "samples", title=title, title_justify="left")
+    spreads = (("resolutions", "WxH", s.resolutions), ("frame rates", "fps", s.frame_rates))
+    for title, head, counter in spreads:
+        t = Table(head, "samples", title=title, title_justify="left")
         for value, n in counter.most_common():
             t.add_row(str(value), str(n))
         tables.append(t)

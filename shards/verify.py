@@ -136,8 +136,11 @@ def check_shard(base: str, info: ShardInfo, classes: list[str] | None, keys: Cou
     check = ShardCheck(name=info.name)
     try:
         f = open_shard(base, info.name)
-    except (FileNotFoundError, urllib.error.HTTPError) as e:
-        check.status, check.problems = "missing", [f"not found ({e})"]
+    except FileNotFoundError:
+        check.status, check.problems = "missing", ["no such file"]
+        return check
+    except urllib.error.HTTPError as e:
+        check.status, check.problems = "missing", [f"HTTP {e.code} {e.reason}"]
         return check
     except OSError as e:
         check.status, check.problems = "missing", [f"unreadable: {e}"]
@@ -239,9 +242,10 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
     dups = [k for k, n in keys.items() if n > 1]
     if dups:
         result.problems.append(f"{len(dups)} keys occur more than once, e.g. {', '.join(sorted(dups)[:3])}")
-    found = sum(c.samples for c in checks)
-    if manifest.totals.get("samples", found) != found:
-        result.problems.append(f"totals.samples is {manifest.totals['samples']}, the shards hold {found}")
+    listed = manifest.num_samples  # missing or corrupt shards are reported above, not again here
+    if manifest.totals.get("samples", listed) != listed:
+        result.problems.append(f"totals.samples is {manifest.totals['samples']}, "
+                               f"the shard list says {listed}")
     if not is_url(base):
         listed = {s.name for s in manifest.shards}
         stray = sorted(p.name for p in Path(base).glob("*.tar") if p.name not in listed)
@@ -250,14 +254,20 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
     return result
 
 
-def report_table(result: VerifyResult) -> Table:
-    """One row per shard: status, samples and bytes found against the manifest, problems."""
+def report_table(result: VerifyResult, max_rows: int = 50) -> Table:
+    """One row per shard (only the bad ones beyond ``max_rows`` shards): status, samples and
+    bytes found against the manifest, problems."""
     table = Table(title=f"{result.location}: {len(result.shards)} shards, "
-                        f"{len(result.bad)} bad", title_justify="left")
+                        f"{sum(c.samples for c in result.shards)} samples, {len(result.bad)} bad",
+                  title_justify="left")
     for col in ("shard", "status", "samples", "bytes", "problems"):
         table.add_column(col, justify="right" if col in ("samples", "bytes") else "left")
     style = {"ok": "green", "missing": "red", "corrupt": "red"}
+    few = len(result.shards) <= max_rows
     for info, c in zip(result.manifest.shards, result.shards, strict=True):
-        table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", f"{c.samples}/{info.samples}",
-                      f"{c.bytes}/{info.bytes}", "; ".join(c.problems))
+        if few or c.status != "ok":
+            table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", f"{c.samples}/{info.samples}",
+                          f"{c.bytes}/{info.bytes}", "; ".join(c.problems))
+    if not few:
+        table.caption = f"{len(result.shards) - len(result.bad)} ok shards not listed"
     return table
