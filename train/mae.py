@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .config import TrainConfig
 from .model import Block, VideoViT, ViTConfig, sincos_pos_embed_3d
 
 Grid = tuple[int, int, int]
@@ -219,8 +220,11 @@ class MaskedVideoAutoencoder(nn.Module):
         return patchify(video, self.patch, self.tubelet)
 
     def forward_loss(self, video: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
-        """MSE on the masked tubelets only; ``pred`` ``(B, N, L)``, ``mask`` ``(B, N)`` -> scalar."""
-        return masked_mse(pred, self.targets(video), mask)
+        """MSE on the masked tubelets only; ``pred`` ``(B, N, L)``, ``mask`` ``(B, N)`` -> scalar.
+
+        Computed in float32 (the per-tubelet variance is too coarse in bf16).
+        """
+        return masked_mse(pred.float(), self.targets(video.float()), mask)
 
     def forward(self, video: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -265,3 +269,21 @@ def build_mae(vit: ViTConfig, cfg: MAEConfig = MAEConfig()) -> MaskedVideoAutoen
     fine-tuning run makes its own new head anyway.
     """
     return MaskedVideoAutoencoder(VideoViT(vit.with_(num_classes=0, pool="mean")), cfg)
+
+
+class MAEObjective:
+    """``--objective mae``: the loop's interface to masked pretraining. Needs no labels."""
+
+    needs_labels = False
+
+    def build_model(self, cfg: TrainConfig, num_classes: int) -> nn.Module:
+        from .objectives import vit_config  # here, not at the top: objectives.py imports this module
+
+        mae = MAEConfig(mask_ratio=cfg.mask_ratio, decoder_dim=cfg.decoder_dim,
+                        decoder_depth=cfg.decoder_depth)
+        return build_mae(vit_config(cfg, 0), mae)
+
+    def loss(self, model: nn.Module, video: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """video: ``(B, C, T, H, W)`` normalised float; labels are ignored (-1 on unlabeled sets)."""
+        loss, _, mask = model(video)  # through forward, so DDP sees the call
+        return loss, {"masked": mask.mean().item()}
