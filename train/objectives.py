@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import TrainConfig
+from .mae import MAEObjective
 from .model import VideoViT, ViTConfig
 
 
@@ -62,6 +63,7 @@ class Supervised:
 
 OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "supervised": Supervised,
+    "mae": MAEObjective,
 }
 
 
