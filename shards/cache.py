@@ -112,12 +112,14 @@ def _stat_key(path: Path) -> tuple[str, int, int, int]:
     return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def fetch_shard(url: str, info: ShardInfo, cache_dir: Path, *, policy: RetryPolicy = DEFAULT_POLICY) -> Path:
+def fetch_shard(url: str, info: ShardInfo, cache_dir: Path, *, policy: RetryPolicy | None = None) -> Path:
     """Return a local, verified copy of the shard at ``url``, downloading it at most once.
 
     A cached copy is checked (size, and SHA-256 once per process); a corrupt one is
-    deleted and fetched again. Raises :class:`FetchError` after ``policy.attempts``.
+    deleted and fetched again. Raises :class:`FetchError` after ``policy.attempts``
+    (default :data:`DEFAULT_POLICY`).
     """
+    policy = policy or DEFAULT_POLICY
     final = cache_path(info, cache_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(final):  # one download per shard even with many loader workers
@@ -193,8 +195,9 @@ def _download(url: str, tmp: Path, timeout_s: float) -> None:
         raise ConnectionError(f"connection dropped after {got} of {expected} bytes")
 
 
-def fetch_bytes(url: str, *, policy: RetryPolicy = DEFAULT_POLICY) -> bytes:
+def fetch_bytes(url: str, *, policy: RetryPolicy | None = None) -> bytes:
     """GET a small file (``manifest.json``, ``failures.jsonl``) with the same retries."""
+    policy = policy or DEFAULT_POLICY
     problem = ""
     for attempt in range(1, policy.attempts + 1):
         try:
