@@ -225,7 +225,7 @@ def scale_filter(short_side: int) -> str:
     s = short_side
     w = f"if(gte(dar\\,1)\\,2*round({s}*dar/2)\\,{s})"
     h = f"if(gte(dar\\,1)\\,{s}\\,2*round({s}/dar/2))"
-    return f"scale=w={w}:h={h}:flags=bilinear,setsar=1"
+    return f"scale=w={w}:h={h}:flags=bilinear:out_range=tv,setsar=1"
 
 
 def _times(ts: tuple[float, ...]) -> str:

@@ -38,8 +38,15 @@ class PreprocessResult:
     """Figures of the whole shard set after it."""
     skipped: int = 0
     """Inputs left alone because an earlier run finished (or failed) them."""
+    resumed: int = 0
+    """Videos an interrupted run had encoded (staged): packed now, not encoded again."""
     failures: list[dict] = field(default_factory=list)
     """``failures.jsonl`` records added by this run."""
+
+    @property
+    def encoded(self) -> int:
+        """Videos encoded by this run."""
+        return self.run.videos_ok - self.resumed
 
     def exit_code(self, strict: bool = False) -> int:
         """0 when the shard set holds at least one video (and, with ``strict``, nothing failed)."""
@@ -75,26 +82,24 @@ def preprocess(cfg: PreprocessConfig, console: Console | None = None) -> Preproc
         todo = [it for it in items if not store.is_done(it.vid) and not store.is_failed(it.vid)]
     if cfg.dry_run:
         _show_plan(cfg, todo, len(items) - len(todo), console)
-        return _result(cfg, store, (0, 0, 0.0, 0, 0, 0, 0), t0, len(items) - len(todo), [])
+        return _result(cfg, store, _Tally(), t0, len(items) - len(todo))
     shards_before, bytes_before = len(store.shards), sum(s.bytes for s in store.shards)
     store.begin(classes)
     labels = {name: i for i, name in enumerate(classes or [])}
     jobs = [EncodeJob(item=it, label=labels.get(it.label_name), staging=store.staging) for it in todo]
-    counts, new_failures = _encode_all(cfg, store, jobs, console)
+    tally = _encode_all(cfg, store, jobs, console)
     store.finish()
-    bytes_out = sum(s.bytes for s in store.shards) - bytes_before
-    run = (counts["ok"], len(new_failures), counts["seconds"], counts["samples"],
-           len(store.shards) - shards_before, counts["bytes_in"], bytes_out)
-    result = _result(cfg, store, run, t0, len(items) - len(todo), new_failures)
+    tally.shards = len(store.shards) - shards_before
+    tally.bytes_out = sum(s.bytes for s in store.shards) - bytes_before
+    result = _result(cfg, store, tally, t0, len(items) - len(todo))
     _show_summary(cfg, result, console)
     return result
 
 
 def _encode_all(cfg: PreprocessConfig, store: OutputStore, jobs: list[EncodeJob],
-                console: Console) -> tuple[dict, list[dict]]:
+                console: Console) -> _Tally:
     """Run the jobs on the pool (at most 2 per worker in flight) and pack results as they come."""
-    counts = {"ok": 0, "seconds": 0.0, "samples": 0, "bytes_in": 0}
-    failures: list[dict] = []
+    tally = _Tally()
     ready = [j for j in jobs if store.staged(j.item.vid)]  # encoded before a kill: pack, never re-encode
     pending = iter([j for j in jobs if not store.staged(j.item.vid)])
     ctx = multiprocessing.get_context("forkserver")
@@ -102,7 +107,8 @@ def _encode_all(cfg: PreprocessConfig, store: OutputStore, jobs: list[EncodeJob]
             cf.ProcessPoolExecutor(max_workers=cfg.num_workers, mp_context=ctx) as pool:
         try:
             for job in ready:
-                _handle(encode_video(job, cfg), store, counts, failures, bar, cfg, console)
+                _handle(encode_video(job, cfg), store, tally, bar, cfg, console)
+                tally.resumed += 1
             running: set[cf.Future] = set()
             while True:
                 while len(running) < 2 * cfg.num_workers and (job := next(pending, None)) is not None:
@@ -111,47 +117,62 @@ def _encode_all(cfg: PreprocessConfig, store: OutputStore, jobs: list[EncodeJob]
                     break
                 finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for fut in finished:
-                    _handle(fut.result(), store, counts, failures, bar, cfg, console)
+                    _handle(fut.result(), store, tally, bar, cfg, console)
         except BaseException:
             for fut in running if "running" in locals() else ():
                 fut.cancel()
             store.abort()
             raise
-    return counts, failures
+    return tally
 
 
-def _handle(out: EncodeOutcome, store: OutputStore, counts: dict, failures: list[dict],
+@dataclass
+class _Tally:
+    """Running figures of this invocation."""
+
+    ok: int = 0
+    resumed: int = 0
+    seconds: float = 0.0
+    samples: int = 0
+    bytes_in: int = 0
+    shards: int = 0
+    bytes_out: int = 0
+    failures: list[dict] = field(default_factory=list)
+
+
+def _handle(out: EncodeOutcome, store: OutputStore, tally: _Tally,
             bar: Progress2, cfg: PreprocessConfig, console: Console) -> None:
     item = out.item
     if out.staged is None:
         rec = failure_record(item.display, out.reason or "unknown error", video_id=item.vid)
         store.add_failure(rec)
-        failures.append(rec)
+        tally.failures.append(rec)
         if cfg.quiet:
             console.print(f"failed: {item.display}: {out.reason}", markup=False, highlight=False,
                           soft_wrap=True)
     else:
         store.forget_failure(item.vid)
         meta = read_staged(out.staged)
-        counts["samples"] += store.pack(out.staged)
-        counts["ok"] += 1
-        counts["seconds"] += meta["seconds"]
-        counts["bytes_in"] += meta["bytes_in"]
+        tally.samples += store.pack(out.staged)
+        tally.ok += 1
+        tally.seconds += meta["seconds"]
+        tally.bytes_in += meta["bytes_in"]
     bar.advance(out.seconds)
 
 
-def _result(cfg: PreprocessConfig, store: OutputStore, run: tuple, t0: float, skipped: int,
-            failures: list[dict]) -> PreprocessResult:
-    ok, failed, seconds, samples, shards, bytes_in, bytes_out = run
-    figures = RunFigures(videos_ok=ok, videos_failed=failed, seconds_in=seconds, samples=samples,
-                         shards=shards, bytes_in=bytes_in, bytes_out=bytes_out, wall_s=time.monotonic() - t0)
+def _result(cfg: PreprocessConfig, store: OutputStore, t: _Tally, t0: float,
+            skipped: int) -> PreprocessResult:
+    figures = RunFigures(videos_ok=t.ok, videos_failed=len(t.failures), seconds_in=t.seconds,
+                         samples=t.samples, shards=t.shards, bytes_in=t.bytes_in, bytes_out=t.bytes_out,
+                         wall_s=time.monotonic() - t0)
     total = RunFigures(
         videos_ok=len(store.videos), videos_failed=len(store.failures),
         seconds_in=sum(v["seconds"] for v in store.videos.values()),
         samples=sum(s.samples for s in store.shards),
         shards=len(store.shards), bytes_in=sum(v["bytes_in"] for v in store.videos.values()),
         bytes_out=sum(s.bytes for s in store.shards))
-    return PreprocessResult(output=cfg.output, run=figures, total=total, skipped=skipped, failures=failures)
+    return PreprocessResult(output=cfg.output, run=figures, total=total, skipped=skipped, resumed=t.resumed,
+                            failures=t.failures)
 
 
 def _show_summary(cfg: PreprocessConfig, result: PreprocessResult, console: Console) -> None:
@@ -161,7 +182,9 @@ def _show_summary(cfg: PreprocessConfig, result: PreprocessResult, console: Cons
         return
     title = f"vidshard preprocess -> {cfg.output}"
     if result.skipped:
-        title += f" ({result.skipped} inputs already done or failed before, skipped)"
+        title += f" ({result.skipped} inputs done or failed before: skipped)"
+    if result.resumed:
+        title += f" ({result.resumed} videos encoded by an interrupted run: packed, not re-encoded)"
     console.print(summary_table(result.run, result.total, title))
     if result.failures:
         where = cfg.output / "failures.jsonl"
