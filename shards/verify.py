@@ -24,8 +24,9 @@ from typing import BinaryIO
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cache import CHUNK, fetch_bytes
-from .schema import LABEL_EXT, MANIFEST, META_EXT, VIDEO_EXT, Manifest, SampleMeta, ShardInfo
+from .cache import CHUNK
+from .location import resolve
+from .schema import LABEL_EXT, META_EXT, VIDEO_EXT, Manifest, SampleMeta, ShardInfo
 
 MAX_PROBLEMS = 5  # per shard; the rest are counted
 
@@ -95,13 +96,14 @@ def is_url(location: str) -> bool:
 
 
 def open_manifest(location: str) -> tuple[Manifest, str]:
-    """The manifest of a folder, manifest path or URL, and the base the shard names are relative to."""
-    loc = str(location)
-    if is_url(loc):
-        base = loc[: -len(MANIFEST)] if loc.endswith("/" + MANIFEST) else loc.rstrip("/") + "/"
-        return Manifest.from_json(fetch_bytes(base + MANIFEST)), base
-    folder = Path(loc).parent if Path(loc).name == MANIFEST else Path(loc)
-    return Manifest.load(folder), str(folder)
+    """The manifest of a shard set (any location :func:`~vidshard.shards.location.resolve` accepts:
+    folder, ``manifest.json`` path or URL, ``http(s)://`` prefix) and the folder or URL prefix of its
+    shards."""
+    source = resolve(location)
+    if source.manifest is None:
+        raise FileNotFoundError(f"{location}: found shards but no manifest.json to check them against; "
+                                "give the shard-set folder or URL that `vidshard preprocess` wrote")
+    return source.manifest, source.base
 
 
 def open_shard(base: str, name: str) -> BinaryIO:
