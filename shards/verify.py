@@ -24,9 +24,8 @@ from typing import BinaryIO
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cache import CHUNK
-from .location import resolve
-from .schema import LABEL_EXT, META_EXT, VIDEO_EXT, Manifest, SampleMeta, ShardInfo
+from .cache import CHUNK, FetchError, fetch_bytes
+from .schema import LABEL_EXT, MANIFEST, META_EXT, VIDEO_EXT, Manifest, SampleMeta, ShardInfo
 
 MAX_PROBLEMS = 5  # per shard; the rest are counted
 
@@ -96,9 +95,24 @@ def is_url(location: str) -> bool:
 
 
 def open_manifest(location: str) -> tuple[Manifest, str]:
-    """The manifest of a shard set (any location :func:`~vidshard.shards.location.resolve` accepts:
-    folder, ``manifest.json`` path or URL, ``http(s)://`` prefix) and the folder or URL prefix of its
-    shards."""
+    """The manifest of a shard set and the folder or URL prefix of its shards.
+
+    A folder, a ``manifest.json`` path or URL, or an ``http(s)://`` prefix is read directly;
+    anything else :func:`~vidshard.shards.location.resolve` accepts (brace patterns, ``file://``)
+    goes through it (which imports webdataset and torch, seconds of start-up a plain check skips).
+    """
+    loc = str(location)
+    if is_url(loc) and "{" not in loc and not loc.endswith(".tar"):
+        url = loc if loc.endswith(".json") else loc.rstrip("/") + "/" + MANIFEST
+        try:
+            return Manifest.from_json(fetch_bytes(url)), url.rsplit("/", 1)[0] + "/"
+        except FetchError as e:
+            raise FileNotFoundError(f"{e}; is the shard set served there (`vidshard serve`)?") from None
+    path = Path(loc)
+    if path.is_dir() or (path.suffix == ".json" and path.is_file()):
+        return Manifest.load(path), str(path if path.is_dir() else path.parent)
+    from .location import resolve
+
     source = resolve(location)
     if source.manifest is None:
         raise FileNotFoundError(f"{location}: found shards but no manifest.json to check them against; "

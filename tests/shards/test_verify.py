@@ -24,6 +24,7 @@ def test_pristine_set_passes(shardset):
     assert result.ok, [c.problems for c in result.shards]
     assert sum(c.samples for c in result.shards) == 6
     assert run(shardset / "manifest.json").ok
+    assert run(f"{shardset}/train-{{000000..000002}}.tar").ok  # any location the loader accepts
 
 
 def test_flipped_byte_is_named_and_the_rest_pass(shardset):
