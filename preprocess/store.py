@@ -93,8 +93,9 @@ class OutputStore:
             orphan = parse_shard_name(p.name) is not None and p.name not in listed
             if orphan or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()):
                 p.unlink()
-        for p in self.staging.glob("*.tmp"):
-            shutil.rmtree(p, ignore_errors=True)
+        for p in self.staging.iterdir():  # half-encoded, or packed and listed before a kill
+            if p.name.endswith(".tmp") or p.name in self.videos:
+                shutil.rmtree(p, ignore_errors=True)
         self.failures = _read_jsonl_by(self.folder / FAILURES, "video_id")
         self._rewrite_failures()
 

@@ -1,0 +1,186 @@
+"""Resumable and incremental: SIGKILL at any moment, crashes between the steps of a shard commit,
+leftovers, new inputs, failures, settings changes, and --part runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from vidshard.preprocess.config import PreprocessConfig
+from vidshard.preprocess.ffmpeg import Synth, synth_video
+from vidshard.preprocess.run import preprocess
+from vidshard.preprocess.store import OutputStore, SettingsMismatch
+from vidshard.shards.schema import Manifest, sample_key, video_id
+
+OPTS = {"chunk_seconds": 1.0, "min_chunk_seconds": 0.5, "short_side": 64, "gop": 8, "shard_size": 1 << 16}
+
+
+def make_inputs(root: Path, n: int, seconds: float = 2.0) -> Path:
+    for i in range(n):
+        ext, codec = (("mp4", "h264"), ("avi", "mpeg4"), ("webm", "vp8"))[i % 3]
+        synth_video(root / f"c{i % 2}" / f"v{i:02d}.{ext}",
+                    Synth(seconds=seconds, width=192, height=144, pattern="mandelbrot", codec=codec))
+    return root
+
+
+def expected_keys(root: Path, seconds: float = 2.0) -> set[str]:
+    rels = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    return {sample_key(video_id(r), c) for r in rels for c in range(int(seconds))}
+
+
+def run(src: Path, out: Path, **kw: object):
+    cfg = PreprocessConfig(input=src, output=out, quiet=True, **{**OPTS, "workers": 2, **kw})
+    return preprocess(cfg, console=Console(quiet=True))
+
+
+def listed_keys(out: Path) -> list[str]:
+    """Keys of every sample in the shards the manifest lists (checking each shard's sha256)."""
+    keys = []
+    for shard in Manifest.load(out).shards:
+        with tarfile.open(out / shard.name) as tar:
+            keys += [m.name.split(".")[0] for m in tar.getmembers() if m.name.endswith(".json")]
+    return keys
+
+
+def check_consistent(out: Path) -> list[str]:
+    """What any reader may rely on at any moment: listed shards complete, no key twice, no stray shard."""
+    if not (out / "manifest.json").exists():
+        return []
+    manifest = Manifest.load(out)
+    names = {s.name for s in manifest.shards}
+    for shard in manifest.shards:
+        assert (out / shard.name).stat().st_size == shard.bytes
+    keys = listed_keys(out)
+    assert len(keys) == len(set(keys)), "a sample is listed twice"
+    assert manifest.totals["samples"] == len(keys)
+    assert names <= {p.name for p in out.glob("*.tar")}
+    return keys
+
+
+def test_sigkill_at_any_moment_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
+    src, out = make_inputs(tmp_path / "in", 8), tmp_path / "out"
+    cmd = [sys.executable, "-m", "vidshard.cli", "preprocess", str(src), str(out), "--quiet",
+           "--workers", "2", "--chunk-seconds", "1", "--min-chunk-seconds", "0.5", "--short-side", "64",
+           "--gop", "8", "--shard-size", "64KiB"]
+    # Kill (the whole process group, ffmpeg included) when a worker staged a video, then after a shard
+    # was committed, then right after start-up.
+    conditions = [
+        lambda: any((out / ".vidshard" / "staging").glob("*/meta.json")),
+        lambda: (out / ".vidshard" / "journal.jsonl").exists(),
+        lambda: (out / "manifest.json").exists(),
+    ]
+    for cond in conditions:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not cond() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        check_consistent(out)
+    journal = out / ".vidshard" / "journal.jsonl"
+    lines = journal.read_text().splitlines() if journal.exists() else []
+    finished = {v for line in lines for v in json.loads(line)["videos"]}
+    staging = out / ".vidshard" / "staging"
+    staged = {p.name for p in staging.glob("*") if (p / "meta.json").exists()} - finished
+    result = run(src, out)
+    assert result.resumed == len(staged) and result.encoded == 8 - len(finished) - len(staged)
+    keys = check_consistent(out)
+    assert set(keys) == expected_keys(src) and result.total.videos_ok == 8
+    assert not list(out.glob(".*.tmp")) and not (out / ".vidshard" / "staging").exists()
+
+
+def test_kill_between_shard_rename_and_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The narrowest window: a shard has its final name but no journal line lists it yet."""
+    src, out = make_inputs(tmp_path / "in", 6), tmp_path / "out"
+    calls = []
+
+    def crash(self, entry):  # the process dies before the journal line is written
+        calls.append(entry)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, entry)
+
+    real = OutputStore._append_journal
+    monkeypatch.setattr(OutputStore, "_append_journal", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(src, out, workers=1)
+    monkeypatch.undo()
+    orphan = calls[1]["shard"]["name"]
+    assert (out / orphan).exists() and orphan not in {s.name for s in Manifest.load(out).shards}
+    check_consistent(out)
+    result = run(src, out)
+    assert set(check_consistent(out)) == expected_keys(src)
+    assert result.encoded < 6  # videos staged before the crash were packed, not encoded again
+
+
+def test_leftovers_are_cleaned_and_nothing_is_encoded_again(tmp_path: Path) -> None:
+    src, out = make_inputs(tmp_path / "in", 3), tmp_path / "out"
+    run(src, out)
+    shards = Manifest.load(out).shards
+    (out / "train-000099.tar").write_bytes(b"partial")  # a shard no journal line lists
+    (out / ".train-000100.tar.tmp").write_bytes(b"half written")
+    (out / ".vidshard" / "staging" / "abc.123.tmp").mkdir(parents=True)
+    with open(out / ".vidshard" / "journal.jsonl", "a") as f:
+        f.write('{"shard": {"name": "train-0000')  # a line torn by a kill
+    result = run(src, out)
+    assert result.encoded == 0 and result.resumed == 0 and result.skipped == 3
+    assert Manifest.load(out).shards == shards
+    assert not (out / "train-000099.tar").exists() and not (out / ".train-000100.tar.tmp").exists()
+    assert (out / ".vidshard" / "journal.jsonl").read_text().endswith("\n")
+    assert set(check_consistent(out)) == expected_keys(src)
+
+
+def test_incremental_run_encodes_only_new_videos(tmp_path: Path) -> None:
+    src, out = make_inputs(tmp_path / "in", 3), tmp_path / "out"
+    first = run(src, out)
+    synth_video(src / "c1" / "new.mkv", Synth(seconds=2.0, codec="vp9", width=160, height=120))
+    second = run(src, out)
+    assert first.encoded == 3 and second.encoded == 1 and second.skipped == 3
+    names = [s.name for s in Manifest.load(out).shards]
+    assert names == sorted(names) and len(names) == len(set(names))
+    assert set(check_consistent(out)) == expected_keys(src)
+    assert Manifest.load(out).totals["videos"] == 4
+
+
+def test_failures_are_kept_and_retried_only_when_asked(tmp_path: Path) -> None:
+    src, out = make_inputs(tmp_path / "in", 1), tmp_path / "out"
+    (src / "bad.mp4").write_text("not a video")
+    assert run(src, out).total.videos_failed == 1
+    again = run(src, out)
+    assert again.encoded == 0 and again.run.videos_failed == 0 and again.total.videos_failed == 1
+    synth_video(src / "bad.mp4", Synth(seconds=1.0))  # the user fixed the file
+    fixed = run(src, out, retry_failed=True)
+    assert fixed.encoded == 1 and fixed.total.videos_failed == 0
+    assert (out / "failures.jsonl").read_text() == ""
+
+
+def test_changed_settings_are_refused(tmp_path: Path) -> None:
+    src, out = make_inputs(tmp_path / "in", 1), tmp_path / "out"
+    run(src, out)
+    with pytest.raises(SettingsMismatch, match="short_side 64 -> 96"):
+        run(src, out, short_side=96)
+    run(src, out, shard_size=1 << 20)  # the shard size may change between runs
+
+
+def test_part_runs_hold_exactly_the_samples_of_one_run(tmp_path: Path) -> None:
+    src = make_inputs(tmp_path / "in", 6, seconds=1.0)
+    single = set(listed_keys(run(src, tmp_path / "all", workers=1, labels_from_dirs=True).output))
+    union: list[str] = []
+    for i in range(1, 4):
+        out = tmp_path / f"part{i}"
+        run(src, out, part=(i, 3), workers=1, labels_from_dirs=True)
+        manifest = Manifest.load(out)
+        assert manifest.settings["part"] == f"{i}/3" and manifest.classes == ["c0", "c1"]
+        assert all(s.name.startswith(f"train-p{i:02d}of03-") for s in manifest.shards)
+        union += listed_keys(out)
+    assert sorted(union) == sorted(single) and len(single) == 6
