@@ -93,9 +93,13 @@ def file_sha256(path: Path) -> str:
 def check_file(path: Path, info: ShardInfo) -> str | None:
     """``None`` when ``path`` has the size and SHA-256 ``info`` promises, else what is wrong."""
     size = path.stat().st_size
+    return mismatch(size, file_sha256(path) if size == info.bytes else "", info)
+
+
+def mismatch(size: int, digest: str, info: ShardInfo) -> str | None:
+    """``None`` when ``size`` and ``digest`` are what ``info`` promises, else what is wrong."""
     if size != info.bytes:
         return f"{size} bytes, manifest says {info.bytes}"
-    digest = file_sha256(path)
     if digest != info.sha256.lower():
         return f"sha256 {digest[:12]}..., manifest says {info.sha256[:12]}..."
     return None
@@ -152,8 +156,8 @@ def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPoli
     problem = ""
     for attempt in range(1, policy.attempts + 1):
         try:
-            _download(url, tmp, policy.timeout_s)
-            problem = check_file(tmp, info) or ""
+            size, digest = _download(url, tmp, policy.timeout_s)
+            problem = mismatch(size, digest, info) or ""
             if not problem:
                 os.replace(tmp, final)
                 fsync_dir(final.parent)
@@ -173,8 +177,11 @@ def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPoli
     raise FetchError(f"{url} ({info.name}): gave up after {policy.attempts} attempts; last: {problem}")
 
 
-def _download(url: str, tmp: Path, timeout_s: float) -> None:
-    """Fetch ``url`` into ``tmp``, resuming a partial ``tmp`` with a Range request."""
+def _download(url: str, tmp: Path, timeout_s: float) -> tuple[int, str]:
+    """Fetch ``url`` into ``tmp``, resuming a partial ``tmp`` with a Range request.
+
+    Returns the file's size and SHA-256, hashed while writing (one pass over the bytes).
+    """
     have = tmp.stat().st_size if tmp.exists() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -184,15 +191,23 @@ def _download(url: str, tmp: Path, timeout_s: float) -> None:
             tmp.unlink(missing_ok=True)
         raise
     expected = int(resp.headers.get("Content-Length", -1))
+    resumed = resp.status == 206
+    sha = hashlib.sha256()
+    if resumed:
+        with open(tmp, "rb") as f:
+            while block := f.read(CHUNK):
+                sha.update(block)
     got = 0
-    with resp, open(tmp, "ab" if resp.status == 206 else "wb") as f:
+    with resp, open(tmp, "ab" if resumed else "wb") as f:
         while block := resp.read(CHUNK):
             f.write(block)
+            sha.update(block)
             got += len(block)
         f.flush()
         os.fsync(f.fileno())
     if 0 <= got < expected:  # http.client's read(n) returns b"" on a dropped connection, no error
         raise ConnectionError(f"connection dropped after {got} of {expected} bytes")
+    return (have if resumed else 0) + got, sha.hexdigest()
 
 
 def fetch_bytes(url: str, *, policy: RetryPolicy | None = None) -> bytes:
