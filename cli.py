@@ -228,6 +228,19 @@ def merge_cmd(
 # == demo ========================================================================================
 
 
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the sample videos and shard set."),
+    workers: int = typer.Option(0, help="Encoding processes; 0 = all cores."),
+) -> None:
+    """Run the main job on a built-in sample: generate videos, preprocess them, print the summary."""
+    from vidshard.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(out_dir=out, workers=workers))
+    if result.preprocess is not None and result.preprocess.total.videos_ok == 0:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,115 @@
+"""`vidshard demo` / `make demo`: the main job on a built-in sample, one step at a time.
+
+Step 1 generates a small folder of sample videos (several codecs and containers,
+sizes and frame rates, two classes: a white square moving left or right, so a
+model can only tell them apart from motion, plus one deliberately broken file).
+Step 2 preprocesses it into a shard set with ``--labels-from-dirs`` and prints the
+summary. Later steps (train briefly, evaluate) are appended in :func:`run_demo`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from vidshard.preprocess.config import PreprocessConfig
+from vidshard.preprocess.ffmpeg import Synth, synth_video
+from vidshard.preprocess.run import PreprocessResult, preprocess
+
+# (extension, codec, width, height, fps): one source per line, cycled over the videos of each class.
+SOURCES = [
+    ("mp4", "h264", 320, 240, 25.0),
+    ("avi", "mpeg4", 240, 180, 30.0),
+    ("webm", "vp9", 256, 144, 24.0),
+    ("mov", "mjpeg", 176, 144, 15.0),
+    ("ogv", "theora", 320, 180, 25.0),
+    ("mkv", "vp8", 200, 150, 20.0),
+]
+CLASSES = {"left": -1.0, "right": 1.0}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    """Where the demo writes and how big it is."""
+
+    out_dir: Path = Path("demo-out")
+    """Everything goes here: ``videos/`` (the sample) and ``shards/`` (the shard set)."""
+    videos_per_class: int = 6
+    """Sample videos per class."""
+    seconds: float = 4.0
+    """Length of each sample video."""
+    workers: int = 0
+    """Encoding processes (0 = all cores)."""
+    seed: int = 0
+    """Seed for the squares' start positions and speeds."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.videos_per_class < 1 or self.seconds <= 0:
+            raise ValueError("videos_per_class must be >= 1 and seconds > 0")
+
+
+@dataclass
+class DemoResult:
+    """What each step produced (later steps add their own entries to ``steps``)."""
+
+    videos: Path
+    """The sample folder."""
+    shards: Path
+    """The shard set."""
+    preprocess: PreprocessResult | None = None
+    """Step 2's result."""
+    steps: dict[str, Any] = field(default_factory=dict)
+    """Results of further steps by name."""
+
+
+def make_samples(folder: Path, cfg: DemoConfig) -> list[Path]:
+    """Step 1: the sample videos (kept if already there, so a re-run is quick)."""
+    rng = random.Random(cfg.seed)
+    paths = []
+    for label, direction in CLASSES.items():
+        for i in range(cfg.videos_per_class):
+            ext, codec, w, h, fps = SOURCES[i % len(SOURCES)]
+            speed = rng.uniform(30, 60) * direction
+            spec = Synth(seconds=cfg.seconds, fps=fps, width=w, height=h, codec=codec, pattern="moving",
+                         velocity=(speed * w / 320, 0.0), start=(rng.uniform(0, w), rng.uniform(0, h - 40)),
+                         box=max(16, h // 6))
+            path = folder / label / f"{label}_{i:02d}_{codec}.{ext}"
+            if not path.exists():
+                synth_video(path, spec)
+            paths.append(path)
+    broken = folder / "right" / "broken_download.mp4"
+    broken.write_bytes(b"<html>404 Not Found</html>\n")  # shows up in failures.jsonl, never stops the run
+    return [*paths, broken]
+
+
+def preprocess_config(cfg: DemoConfig) -> PreprocessConfig:
+    """Step 2's settings: the defaults, with short clips and a small short side for a quick demo."""
+    return PreprocessConfig(input=cfg.out_dir / "videos", output=cfg.out_dir / "shards",
+                            labels_from_dirs=True, chunk_seconds=2.0, min_chunk_seconds=1.0, short_side=128,
+                            workers=cfg.workers, shard_size=1 << 16)  # a few shards, for loader workers
+
+
+def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> DemoResult:
+    """Run every demo step in order and print what each did."""
+    console = console or Console(stderr=True)
+    result = DemoResult(videos=cfg.out_dir / "videos", shards=cfg.out_dir / "shards")
+
+    console.rule("[bold]step 1: sample videos")
+    files = make_samples(result.videos, cfg)
+    console.print(f"{len(files)} files in {result.videos} ({len(CLASSES)} classes: {', '.join(CLASSES)}; "
+                  f"codecs {', '.join(sorted({s[1] for s in SOURCES}))}; one broken file on purpose)")
+
+    console.rule("[bold]step 2: vidshard preprocess")
+    pp = preprocess_config(cfg)
+    console.print(f"vidshard preprocess {pp.input} {pp.output} --labels-from-dirs --chunk-seconds "
+                  f"{pp.chunk_seconds:g} --short-side {pp.short_side}", markup=False, highlight=False)
+    result.preprocess = preprocess(pp, console=console)
+
+    # == later steps (training engineer): train a ViT-T briefly on result.shards, evaluate it, and
+    # == record what they return in result.steps["train"], result.steps["eval"].
+
+    return result
