@@ -53,9 +53,9 @@ class ShardSetApp:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder).resolve()
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
-        self._files: dict[str, Path] = {}
-        self._refresh()
+        self._files = self._whitelist(Manifest.load(self.folder))  # fails early on a broken manifest
+        st = (self.folder / MANIFEST).stat()
+        self._stamp = (st.st_mtime_ns, st.st_size)
 
     def _refresh(self) -> dict[str, Path]:
         """Rebuild the whitelist when ``manifest.json`` changed since the last request."""
@@ -63,7 +63,11 @@ class ShardSetApp:
         stamp = (st.st_mtime_ns, st.st_size)
         with self._lock:
             if stamp != self._stamp:
-                self._files = self._whitelist(Manifest.load(self.folder))
+                try:
+                    self._files = self._whitelist(Manifest.load(self.folder))
+                except (ValueError, KeyError, TypeError) as e:  # a hand-edited, broken manifest: keep serving the last good list
+                    log.error("%s/%s is unreadable (%s); serving the previous shard list", self.folder,
+                              MANIFEST, e)
                 self._stamp = stamp
             return self._files
 

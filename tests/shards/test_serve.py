@@ -107,3 +107,18 @@ def test_manifest_entry_pointing_outside_is_not_served(served):
 def test_refuses_a_folder_without_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         ServeConfig(shardset=tmp_path)
+
+
+def test_whitelist_follows_a_growing_manifest(served, clips, build_shardset, tmp_path):
+    folder, port = served
+    bigger = build_shardset(tmp_path / "bigger", clips + clips[:1], max_bytes=12_000)
+    extra = bigger.shards[-1]
+    new_name = "train-000042.tar"
+    (folder / new_name).write_bytes((tmp_path / "bigger" / extra.name).read_bytes())
+    assert request(port, "/" + new_name)[0] == 404  # on disk but not (yet) in the manifest
+    m = Manifest.load(folder)
+    m.shards.append(type(extra)(name=new_name, samples=extra.samples, bytes=extra.bytes, sha256=extra.sha256))
+    m.save(folder)
+    assert request(port, "/" + new_name)[0] == 200
+    (folder / "manifest.json").write_text("{broken")
+    assert request(port, "/" + new_name)[0] == 200  # the last good list is kept
