@@ -65,7 +65,7 @@ class ShardSetApp:
             if stamp != self._stamp:
                 try:
                     self._files = self._whitelist(Manifest.load(self.folder))
-                except (ValueError, KeyError, TypeError) as e:  # a hand-edited, broken manifest: keep serving the last good list
+                except (ValueError, KeyError, TypeError) as e:  # broken by hand: keep the last good list
                     log.error("%s/%s is unreadable (%s); serving the previous shard list", self.folder,
                               MANIFEST, e)
                 self._stamp = stamp
