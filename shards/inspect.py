@@ -12,6 +12,7 @@ import json
 import statistics
 import tarfile
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,10 @@ class Summary:
     """Clip durations in seconds, one per sample."""
     failures: int | None = None
     """Lines of ``failures.jsonl`` (``None`` when it could not be read)."""
+    unreadable: list[str] = field(default_factory=list)
+    """Shards that could not be read (missing or broken; ``vidshard verify`` says more)."""
+    bad_metadata: int = 0
+    """``KEY.json`` members that do not parse."""
 
     def add(self, meta: SampleMeta) -> None:
         duration = meta.end_s - meta.start_s
@@ -86,12 +91,13 @@ def sheet_picks(counts: list[int], n: int) -> set[int]:
     return {int(i * total / n) for i in range(n)} if total else set()
 
 
-def _iter_members(base: str, name: str, want_video):  # noqa: ANN001, ANN202 (want_video: int -> bool)
+def _iter_members(base: str, name: str,
+                  want_video: Callable[[int], bool]) -> Iterator[tuple[str, str, bytes]]:
     """Yield ``(key, ext, bytes)`` for the metadata (and wanted videos) of one shard, in order."""
     if is_url(base):
         f, mode = open_shard(base, name), "r|"
     else:
-        f, mode = open(Path(base) / name, "rb"), "r:"  # noqa: SIM115 (closed below); seek past videos
+        f, mode = open(Path(base) / name, "rb"), "r:"  # noqa: SIM115 (closed below); "r:" seeks past videos
     with f, tarfile.open(fileobj=f, mode=mode) as tf:
         index, last = -1, None
         for m in tf:
@@ -113,15 +119,27 @@ def summarize(cfg: InspectConfig) -> tuple[Summary, list[tuple[SampleMeta, bytes
         for info in bar.track(manifest.shards, description=f"inspect {cfg.location}"):
             videos: dict[str, bytes] = {}
             metas: dict[str, SampleMeta] = {}
-            for key, ext, data in _iter_members(base, info.name, lambda i, o=offset: o + i in picks):
-                if ext == VIDEO_EXT:
-                    videos[key] = data
-                else:
-                    metas[key] = SampleMeta.from_dict(json.loads(data))
-                    summary.add(metas[key])
+            try:
+                for key, ext, data in _iter_members(base, info.name, lambda i, o=offset: o + i in picks):
+                    if ext == VIDEO_EXT:
+                        videos[key] = data
+                    elif (meta := _meta(data)) is None:
+                        summary.bad_metadata += 1
+                    else:
+                        metas[key] = meta
+                        summary.add(meta)
+            except (OSError, tarfile.TarError, EOFError) as e:  # a missing or broken shard: count it, go on
+                summary.unreadable.append(f"{info.name} ({type(e).__name__})")
             chosen += [(metas[k], mp4) for k, mp4 in videos.items() if k in metas]
             offset += info.samples
     return summary, chosen
+
+
+def _meta(data: bytes) -> SampleMeta | None:
+    try:
+        return SampleMeta.from_dict(json.loads(data))
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _count_failures(base: str) -> int | None:
@@ -151,7 +169,7 @@ def write_sheet(chosen: list[tuple[SampleMeta, bytes]], path: Path, frames: int)
     for meta, mp4 in chosen:
         try:
             rows.append(clip_frames(mp4, frames))
-        except Exception as e:  # noqa: BLE001 (a broken clip gets a note, not a crash)
+        except Exception as e:  # a broken clip gets a note on the sheet, not a crash
             titles.append(f"{meta.key}: does not decode ({e})")
             rows.append([np.zeros((meta.height or 64, meta.width or 64, 3), np.uint8)])
             continue
@@ -184,8 +202,13 @@ def summary_tables(s: Summary) -> list[Table]:
             ("hours", _hours(s.seconds)), ("shards", f"{len(m.shards)}, {size / 1e6:,.1f} MB"),
             ("clip seconds", f"min {min(d):.2f} / median {statistics.median(d):.2f} / max {max(d):.2f}"
              if d else "-"),
-            ("failed inputs", "?" if s.failures is None else str(s.failures)),
-            ("settings", ", ".join(f"{k}={v}" for k, v in m.settings.items()))]
+            ("failed inputs", "?" if s.failures is None else str(s.failures))]
+    if s.unreadable:
+        rows.append(("unreadable shards",
+                     f"{len(s.unreadable)}: {', '.join(s.unreadable[:3])}; run vidshard verify"))
+    if s.bad_metadata:
+        rows.append(("bad metadata", f"{s.bad_metadata} samples"))
+    rows.append(("settings", ", ".join(f"{k}={v}" for k, v in m.settings.items())))
     for k, v in rows:
         overview.add_row(k, v)
     tables = [overview]

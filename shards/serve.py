@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,7 @@ class ShardSetApp:
             files[info.name] = path
         return files
 
-    def __call__(self, environ: dict, start_response):  # noqa: ANN001 (WSGI signature)
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         request = Request(environ)
         try:
             response = self.respond(request)

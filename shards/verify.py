@@ -17,6 +17,7 @@ import tarfile
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -130,7 +131,7 @@ def open_shard(base: str, name: str) -> BinaryIO:
 class _HashingReader:
     """A read-only stream wrapper that hashes and counts every byte read through it."""
 
-    def __init__(self, f: BinaryIO, on_read=None) -> None:  # noqa: ANN001 (progress callback)
+    def __init__(self, f: BinaryIO, on_read: Callable[[int], object] | None = None) -> None:
         self.f, self.sha, self.bytes, self.on_read = f, hashlib.sha256(), 0, on_read
 
     def read(self, n: int = -1) -> bytes:
@@ -147,7 +148,7 @@ class _HashingReader:
 
 
 def check_shard(base: str, info: ShardInfo, classes: list[str] | None, keys: Counter,
-                deep: bool = False, on_read=None) -> ShardCheck:  # noqa: ANN001
+                deep: bool = False, on_read: Callable[[int], object] | None = None) -> ShardCheck:
     """Stream one shard: hash, size, sample count and every sample's members (keys go into ``keys``)."""
     check = ShardCheck(name=info.name)
     try:

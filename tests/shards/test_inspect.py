@@ -52,3 +52,16 @@ def test_render_sheet_layout_and_errors(tmp_path):
 def test_bad_sheet_name_is_refused():
     with pytest.raises(ValueError, match=".png"):
         InspectConfig(location="x", sheet="out.txt")
+
+
+def test_broken_shard_is_counted_not_fatal(shardset):
+    from vidshard.shards.schema import Manifest
+
+    (shardset / Manifest.load(shardset).shards[0].name).unlink()
+    s = inspect(InspectConfig(location=str(shardset), progress=False))
+    assert s.samples == 6 - Manifest.load(shardset).shards[0].samples
+    assert s.unreadable == [f"{Manifest.load(shardset).shards[0].name} (FileNotFoundError)"]
+    console = Console(record=True, width=200)
+    for t in summary_tables(s):
+        console.print(t)
+    assert "run vidshard verify" in console.export_text()
