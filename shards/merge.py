@@ -113,7 +113,12 @@ def check_keys(sets: dict[str, tuple[Path, Manifest]]) -> None:
             if not path.is_file() or path.stat().st_size != info.bytes:
                 raise MergeError(f"{path}: missing or not the size its manifest says; "
                                  f"run `vidshard verify {folder}`")
-            for key in shard_keys(path):
+            try:
+                keys = shard_keys(path)
+            except (tarfile.TarError, EOFError) as e:
+                msg = f"{path}: not a readable tar ({e}); run `vidshard verify {folder}`"
+                raise MergeError(msg) from None
+            for key in keys:
                 where[key].append(f"{name}/{info.name}")
     dups = {k: v for k, v in where.items() if len(v) > 1}
     if dups:

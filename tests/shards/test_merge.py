@@ -79,11 +79,15 @@ def test_refuses_bad_outputs_and_inputs(two_parts, tmp_path):
         MergeConfig(sets=(a, a), output=tmp_path / "m")
 
 
-def test_missing_shard_is_refused(two_parts, tmp_path):
+def test_missing_or_broken_shard_is_refused(two_parts, tmp_path):
     a, b = two_parts
     (b / Manifest.load(b).shards[0].name).unlink()
     with pytest.raises(MergeError, match="vidshard verify"):
         merge(MergeConfig(sets=(a, b), output=tmp_path / "m", progress=False))
+    shard = a / Manifest.load(a).shards[0].name
+    shard.write_bytes(b"\1" * shard.stat().st_size)  # right size, no tar
+    with pytest.raises(MergeError, match="not a readable tar"):
+        merge(MergeConfig(sets=(a,), output=tmp_path / "m", progress=False))
 
 
 def test_failures_lines_are_json(two_parts, tmp_path):
