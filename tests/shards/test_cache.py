@@ -122,3 +122,14 @@ def test_policy_validation():
     with pytest.raises(ValueError):
         RetryPolicy(attempts=0)
     assert [RetryPolicy(backoff_s=1, max_backoff_s=3).wait(a) for a in (1, 2, 3)] == [1, 2, 3]
+
+
+def test_concurrent_fetches_download_once(flaky, shardset, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    app, url = flaky
+    info = Manifest.load(shardset).shards[0]
+    with ThreadPoolExecutor(4) as pool:  # like four loader workers opening the same shard
+        fetch = lambda _: fetch_shard(url + info.name, info, tmp_path / "c", policy=FAST)  # noqa: E731
+        paths = list(pool.map(fetch, range(4)))
+    assert len(set(paths)) == 1 and len(app.ranges) == 1
