@@ -224,6 +224,43 @@ def merge_cmd(
 
 
 # == bench =======================================================================================
+@bench_app.command("loader")
+def bench_loader_cmd(
+    shardset: str = typer.Argument(None, help="Shard set to read (folder, manifest.json, URL, brace "
+                                   "pattern); omitted: small inputs are generated and preprocessed."),
+    raw: str = typer.Option(None, "--raw", help="The original raw videos (a file or folder) for the "
+                            "conventional baseline; omitted: generated."),
+    frames: int = typer.Option(None, help="Frames per clip (default 16)."),
+    stride: int = typer.Option(None, help="Frame stride within a clip (default 4)."),
+    size: int = typer.Option(None, help="Output side in pixels (default 224)."),
+    workers: int = typer.Option(None, help="DataLoader workers, the same for every row (default 2)."),
+    batch_size: int = typer.Option(None, help="Clips per batch (default 8)."),
+    clips: int = typer.Option(None, help="Clips timed per row, after the first batch (default 48)."),
+    clips_per_sample: int = typer.Option(None, "--clips-per-sample",
+                                         help="K of the clips-per-sample row; 1 skips it (default 4)."),
+    repeats: int = typer.Option(None, help="Measure the rows this many times, interleaved; keep each best "
+                                "(default 2)."),
+    workdir: str = typer.Option(None, help="Folder for generated inputs, reused when present (default: a "
+                                "temporary folder)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Clips/s of the shard loader vs raw videos loaded the conventional way vs the decode-only limit."""
+    from rich.console import Console
+    from vidshard.benchmarks.loader import LoaderBenchConfig, run_bench, show, write_json
+
+    given = dict(shardset=shardset, raw=raw, frames=frames, stride=stride, size=size, workers=workers,
+                 batch_size=batch_size, clips=clips, clips_per_sample=clips_per_sample, repeats=repeats,
+                 workdir=workdir)
+    console = Console()
+    try:  # defaults live in LoaderBenchConfig: pass only what was given
+        result = run_bench(LoaderBenchConfig(**{k: v for k, v in given.items() if v is not None}), console)
+    except (OSError, ValueError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    show(result, console)
+    if json_out is not None:
+        console.print(f"figures written to {write_json(result, json_out)}")
+
 
 # == demo ========================================================================================
 

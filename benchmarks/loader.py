@@ -1,0 +1,295 @@
+"""``vidshard bench loader``: clips/s of the shard loader against the conventional raw-video loader and
+against the decode-only limit, measured in one run with the same clip settings and worker processes.
+
+Rows (each a ``DataLoader`` with the same number of worker processes, batches of ``batch_size``):
+
+- ``raw videos (conventional)``: PyAV random access into the full-size original file (seek to the
+  keyframe before a random start, decode at full size, convert every used frame to RGB), then a random
+  resized crop and a bilinear resize with torch. The baseline the speed-up refers to.
+- ``shard loader``: :class:`~vidshard.shards.loader.ClipLoader` on the shard set (train mode).
+- ``shard loader, K clips/sample``: the same with ``clips_per_sample`` K (decode shared by K clips).
+- ``decode-only limit``: PyAV decoding exactly the frames of one clip per shard-set sample
+  (:func:`~vidshard.shards.decode.decode_frames`), nothing else: no conversion, crop, resize or batch.
+
+Each figure counts clips after the first batch arrives (worker start-up and buffer fill excluded)
+until ``clips`` more have arrived. Without inputs, small raw videos (640x480 to 1280x720, a keyframe
+every 250 frames, as cameras and downloads have) are generated and preprocessed with
+``vidshard preprocess``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import random
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from vidshard.shards.decode import decode_frames, demux
+from vidshard.shards.loader import ClipLoader, LoaderConfig
+from vidshard.shards.location import resolve
+from vidshard.shards.sampling import ClipSpec, dense_indices, dense_starts, plan_sample, random_resized_crop
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderBenchConfig:
+    """What ``bench loader`` measures."""
+
+    shardset: str | None = None
+    """Shard set to read (any location the loader accepts); None generates one from ``raw``."""
+    raw: str | None = None
+    """Raw videos (a file or a folder searched recursively); None generates small ones."""
+    frames: int = 16
+    """Frames per clip."""
+    stride: int = 4
+    """Frame stride."""
+    size: int = 224
+    """Output side in pixels."""
+    workers: int = 2
+    """DataLoader worker processes, the same for every row."""
+    batch_size: int = 8
+    """Clips per batch."""
+    clips: int = 48
+    """Clips timed per row and repeat (after the first batch)."""
+    max_seconds: float = 20.0
+    """Stop a row's timing after this long even if fewer clips arrived (the raw baseline is slow)."""
+    repeats: int = 2
+    """Rows are measured this many times, interleaved; the best figure of each row is kept."""
+    clips_per_sample: int = 4
+    """K of the extra ``clips_per_sample`` row (1 skips it)."""
+    seed: int = 0
+    """Seed of the random clips."""
+    workdir: str | None = None
+    """Where generated inputs go (a temporary folder when None)."""
+
+    def __post_init__(self) -> None:
+        if min(self.frames, self.stride, self.size, self.batch_size, self.clips, self.clips_per_sample,
+               self.repeats) < 1:
+            raise ValueError("frames, stride, size, batch_size, clips, clips_per_sample, repeats: >= 1")
+        if self.workers < 0:
+            raise ValueError("workers must be >= 0")
+
+
+def _worker_rng(seed: int, name: str) -> random.Random:
+    info = get_worker_info()
+    return random.Random(f"{name}-{seed}-{info.id if info else 0}")
+
+
+def list_videos(raw: str | Path) -> list[Path]:
+    p = Path(raw)
+    if p.is_file():
+        return [p]
+    found = sorted(f for f in p.rglob("*") if f.suffix.lower() in VIDEO_SUFFIXES)
+    if not found:
+        raise FileNotFoundError(f"{raw}: no videos ({', '.join(sorted(VIDEO_SUFFIXES))}) found")
+    return found
+
+
+def raw_clip(path: Path, spec: ClipSpec, size: int, rng: random.Random) -> torch.Tensor:
+    """The conventional way: seek in the original, decode full-size RGB, crop and resize in torch."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        fps, tb, t0 = float(s.average_rate), float(s.time_base), s.start_time or 0
+        n = s.frames or int((c.duration or 0) / 1e6 * fps)
+        (start,) = dense_starts(n, spec.frames, spec.stride, 1, rng)
+        wanted = dense_indices(n, spec.frames, spec.stride, start)
+        c.seek(t0 + int(start / fps / tb), stream=s, backward=True, any_frame=False)
+        got: dict[int, np.ndarray] = {}
+        for frame in c.decode(s):
+            idx = round((frame.pts - t0) * tb * fps)
+            if idx in wanted:
+                got[idx] = frame.to_ndarray(format="rgb24")  # (H, W, 3), full size
+            if idx >= wanted[-1]:
+                break
+    last = got[max(got)]
+    video = torch.from_numpy(np.stack([got.get(i, last) for i in wanted]))  # (T, H, W, 3)
+    box = random_resized_crop(video.shape[2], video.shape[1], spec.scale, spec.ratio, rng)
+    crop = video[:, box.y:box.y + box.h, box.x:box.x + box.w].permute(0, 3, 1, 2).float()  # (T, 3, h, w)
+    out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)  # (T, 3, S, S)
+    if rng.random() < 0.5:
+        out = out.flip(-1)
+    return out.round().clamp(0, 255).to(torch.uint8).permute(1, 0, 2, 3)  # (C, T, H, W)
+
+
+class RawClips(IterableDataset):
+    """Endless random clips from raw videos, batched, in each worker."""
+
+    def __init__(self, paths: list[Path], spec: ClipSpec, size: int, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.paths, self.spec, self.size, self.batch_size, self.seed = paths, spec, size, batch_size, seed
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        rng = _worker_rng(self.seed, "raw")
+        while True:
+            paths = [rng.choice(self.paths) for _ in range(self.batch_size)]
+            yield torch.stack([raw_clip(p, self.spec, self.size, rng) for p in paths])  # (B, C, T, H, W)
+
+
+class DecodeOnly(IterableDataset):
+    """Endless: decode exactly one clip's frames per shard-set sample, and nothing else."""
+
+    def __init__(self, urls: list[str], spec: ClipSpec, seed: int) -> None:
+        super().__init__()
+        self.urls, self.spec, self.seed = urls, spec, seed
+
+    def __iter__(self) -> Iterator[int]:
+        import webdataset as wds
+
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = _worker_rng(self.seed, "decode")
+        while True:  # this worker's share of the samples (every workers-th), over and over
+            samples = wds.tarfile_to_samples()(iter([{"url": u} for u in self.urls]))
+            for i, sample in enumerate(samples):
+                if i % workers != worker:
+                    continue
+                with av.open(io.BytesIO(sample["mp4"])) as c:
+                    stream, packets = demux(c)
+                    w, h = stream.codec_context.width, stream.codec_context.height
+                    (views,) = plan_sample(len(packets), w, h, self.spec, rng)
+                    decode_frames(stream, packets, views[0].indices)
+                yield 1
+
+
+def _time(batches: Iterable[Any], clips: int, max_seconds: float, count=len) -> dict[str, float]:
+    """clips/s after the first batch, until ``clips`` more have arrived (or ``max_seconds`` passed)."""
+    it = iter(batches)
+    next(it)
+    n, t0 = 0, time.perf_counter()
+    for b in it:
+        n += count(b)
+        if n >= clips or time.perf_counter() - t0 > max_seconds:
+            break
+    dt = time.perf_counter() - t0
+    return {"clips": n, "seconds": round(dt, 3), "clips_per_s": round(n / dt, 2)}
+
+
+def _loader_epochs(cfg: LoaderConfig) -> Iterator[dict[str, Any]]:
+    loader = ClipLoader(cfg)
+    for epoch in range(10**6):
+        loader.set_epoch(epoch)
+        yield from loader
+
+
+def _dl(ds: IterableDataset, workers: int) -> DataLoader:
+    return DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None)
+
+
+# Generated inputs: (width, height) of the raw videos, RAW_S seconds each at 30 fps with a keyframe every
+# 250 frames, cut into CHUNK_S-second samples (75 frames: a 16 x 4 clip spans 61).
+RAW_SIZES = [(640, 480), (960, 540), (1280, 720), (1280, 720)]
+RAW_S, CHUNK_S = 20.0, 2.5
+
+
+def make_inputs(workdir: Path, console: Any = None) -> tuple[Path, Path]:
+    """Small raw videos and their shard set (made by ``vidshard preprocess``), reused when present."""
+    from vidshard.preprocess.config import PreprocessConfig
+    from vidshard.preprocess.ffmpeg import Synth, synth_video
+    from vidshard.preprocess.run import preprocess
+
+    raw, shards = workdir / "raw", workdir / "shards"
+    for i, (w, h) in enumerate(RAW_SIZES):
+        path = raw / f"cam{i}_{w}x{h}.mp4"
+        if not path.exists():
+            synth_video(path, Synth(seconds=RAW_S, fps=30, width=w, height=h, pattern="testsrc2", gop=250))
+    if not (shards / "manifest.json").exists():
+        preprocess(PreprocessConfig(input=raw, output=shards, chunk_seconds=CHUNK_S, quiet=True, workers=1),
+                   console)
+    return raw, shards
+
+
+def run_bench(cfg: LoaderBenchConfig, console: Any = None) -> dict[str, Any]:
+    """Measure every row in this process's run; returns the figures (also what ``--json`` writes)."""
+    workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="vidshard-bench-loader-"))
+    if cfg.shardset is None or cfg.raw is None:
+        raw, shards = make_inputs(workdir, console)
+    shardset = cfg.shardset or str(shards)
+    videos = list_videos(cfg.raw or raw)
+    base = dict(source=shardset, frames=cfg.frames, stride=cfg.stride, size=cfg.size, workers=cfg.workers,
+                batch_size=cfg.batch_size, seed=cfg.seed, drop_last=False)
+    spec = LoaderConfig(**base).clip_spec()
+    urls = resolve(shardset).urls
+    keys = lambda b: len(b["key"])  # noqa: E731
+    raw_clips = RawClips(videos, spec, cfg.size, cfg.batch_size, cfg.seed)
+    runs = {
+        "raw videos (conventional)": lambda: _time(_dl(raw_clips, cfg.workers), cfg.clips, cfg.max_seconds),
+        "shard loader": lambda: _time(_loader_epochs(LoaderConfig(**base)), cfg.clips, cfg.max_seconds, keys),
+        "decode-only limit": lambda: _time(_dl(DecodeOnly(urls, spec, cfg.seed), cfg.workers), cfg.clips,
+                                           cfg.max_seconds, lambda b: b),
+    }
+    if cfg.clips_per_sample > 1:
+        kcfg = LoaderConfig(**base, clips_per_sample=cfg.clips_per_sample)
+        runs[f"shard loader, {cfg.clips_per_sample} clips/sample"] = lambda: _time(
+            _loader_epochs(kcfg), cfg.clips, cfg.max_seconds, keys)
+    rows: dict[str, dict[str, float]] = {}
+    for rep in range(cfg.repeats):  # interleaved, so a busy moment of the machine hits every row alike
+        for name, run in runs.items():
+            if rep and name.startswith("raw"):
+                continue  # slow and far from the others: once is enough
+            row = run()
+            if name not in rows or row["clips_per_s"] > rows[name]["clips_per_s"]:
+                rows[name] = row
+    shard = rows["shard loader"]["clips_per_s"]
+    result = {
+        "config": asdict(cfg) | {"shardset": shardset, "raw": str(cfg.raw or raw)},
+        "machine": machine(),
+        "rows": rows,
+        "speedup_vs_raw": round(shard / rows["raw videos (conventional)"]["clips_per_s"], 2),
+        "fraction_of_decode_limit": round(shard / rows["decode-only limit"]["clips_per_s"], 2),
+    }
+    if cfg.clips_per_sample > 1:
+        k = rows[f"shard loader, {cfg.clips_per_sample} clips/sample"]["clips_per_s"]
+        result["clips_per_sample_gain"] = round(k / shard, 2)
+    return result
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "av": av.__version__, "cuda": torch.cuda.is_available()}
+
+
+def show(result: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    settings = ", ".join(f"{k}={result['config'][k]}" for k in ("frames", "stride", "size", "workers"))
+    table = Table("loader", "clips/s", "clips", "seconds", title=f"bench loader ({settings})")
+    for name, row in result["rows"].items():
+        table.add_row(name, f"{row['clips_per_s']:.1f}", str(row["clips"]), f"{row['seconds']:.2f}")
+    console.print(table)
+    console.print(f"shard loader vs raw videos: [bold]{result['speedup_vs_raw']:.1f}x[/] (goal >= 5x); "
+                  f"fraction of the decode-only limit: [bold]{result['fraction_of_decode_limit']:.2f}[/] "
+                  "(goal >= 0.8)")
+    if "clips_per_sample_gain" in result:
+        console.print(f"clips_per_sample {result['config']['clips_per_sample']}: "
+                      f"{result['clips_per_sample_gain']:.2f}x the clips/s of 1")
+    m = result["machine"]
+    console.print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, PyAV {m['av']}")
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(result, indent=2) + "\n")
+    return p
