@@ -224,6 +224,27 @@ def merge_cmd(
 
 
 # == bench =======================================================================================
+
+
+@bench_app.command("preprocess")
+def bench_preprocess_cmd(
+    inputs: Path = typer.Option(None, help="Folder of videos to time (default: generate synthetic ones)."),
+    videos: int = typer.Option(8, help="Synthetic videos to generate (H.264 640x480)."),
+    seconds: float = typer.Option(12.0, help="Length of each synthetic video, seconds."),
+    workers: int = typer.Option(0, help="Parallel processes on both sides; 0 = all cores."),
+    repeats: int = typer.Option(2, help="Alternating repeats; the best time of each side counts."),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """vidshard preprocess against bare ffmpeg doing the identical transcode, same files and parallelism."""
+    import json
+
+    from vidshard.benchmarks.preprocess import BenchConfig, bench_preprocess, report
+
+    res = bench_preprocess(BenchConfig(inputs=inputs, videos=videos, seconds=seconds, workers=workers,
+                                       repeats=repeats))
+    typer.echo(json.dumps(res.to_dict(), indent=2) if json_out else report(res))
+
+
 @bench_app.command("loader")
 def bench_loader_cmd(
     shardset: str = typer.Argument(None, help="Shard set to read (folder, manifest.json, URL, brace "

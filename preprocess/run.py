@@ -102,15 +102,14 @@ def _encode_all(cfg: PreprocessConfig, store: OutputStore, jobs: list[EncodeJob]
     tally = _Tally()
     ready = [j for j in jobs if store.staged(j.item.vid)]  # encoded before a kill: pack, never re-encode
     pending = iter([j for j in jobs if not store.staged(j.item.vid)])
-    ctx = multiprocessing.get_context("forkserver")
-    with Progress2(console, len(jobs), enabled=not cfg.quiet) as bar, \
-            cf.ProcessPoolExecutor(max_workers=cfg.num_workers, mp_context=ctx) as pool:
-        try:
+    pool = _start_pool(cfg.num_workers) if len(ready) < len(jobs) else None
+    running: set[cf.Future] = set()
+    try:
+        with Progress2(console, len(jobs), enabled=not cfg.quiet) as bar:
             for job in ready:
                 _handle(encode_video(job, cfg), store, tally, bar, cfg, console)
                 tally.resumed += 1
-            running: set[cf.Future] = set()
-            while True:
+            while pool is not None:
                 while len(running) < 2 * cfg.num_workers and (job := next(pending, None)) is not None:
                     running.add(pool.submit(encode_video, job, cfg))
                 if not running:
@@ -118,12 +117,28 @@ def _encode_all(cfg: PreprocessConfig, store: OutputStore, jobs: list[EncodeJob]
                 finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for fut in finished:
                     _handle(fut.result(), store, tally, bar, cfg, console)
-        except BaseException:
-            for fut in running if "running" in locals() else ():
-                fut.cancel()
-            store.abort()
-            raise
+    except BaseException:
+        store.abort()  # the open shard is dropped; its videos stay staged for the next run
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    if pool is not None:
+        pool.shutdown()
     return tally
+
+
+def _start_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """A process pool whose workers exist before any other thread (the progress bar) starts.
+
+    ``fork`` makes a worker's start cost nothing (``spawn``/``forkserver`` re-import the caller's
+    ``__main__``, which can pull in torch: seconds per worker). Forking before the progress thread
+    exists keeps it safe.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool.submit(int).result()  # with fork, this starts all the workers now
+    return pool
 
 
 @dataclass

@@ -1,0 +1,161 @@
+"""Preprocessing throughput: vidshard against bare ffmpeg doing the identical transcode.
+
+Both sides get the same files and the same parallelism in the same run: bare
+ffmpeg runs exactly the command vidshard builds (``ffmpeg.transcode_args``: same
+filters, encoder and segment muxer), ``workers`` at a time, and nothing else;
+vidshard runs :func:`vidshard.preprocess.run.preprocess` (probe, encode, verify,
+pack into shards with sha256, journal, manifest). The figure is seconds of
+source video per second of wall time, and the ratio vidshard / ffmpeg.
+
+    python -m vidshard.benchmarks.preprocess            # or: vidshard bench preprocess
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from vidshard.preprocess.config import PreprocessConfig
+from vidshard.preprocess.encode import transcode_spec
+from vidshard.preprocess.ffmpeg import Synth, run, synth_video, transcode_args
+from vidshard.preprocess.inputs import list_inputs
+from vidshard.preprocess.plan import chunk_bounds
+from vidshard.preprocess.probe import probe
+from vidshard.preprocess.run import preprocess
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """What to measure."""
+
+    inputs: Path | None = None
+    """A folder of videos; ``None`` generates ``videos`` synthetic ones."""
+    videos: int = 8
+    """Synthetic inputs to generate (testsrc2 and mandelbrot, H.264 640x480 25 fps)."""
+    seconds: float = 12.0
+    """Length of each synthetic input."""
+    workers: int = 0
+    """Parallel processes on both sides; 0 = all cores."""
+    repeats: int = 2
+    """Alternating repeats of both sides; the best time of each counts (less noise from other load)."""
+
+    def __post_init__(self) -> None:
+        if self.videos < 1 or self.seconds <= 0 or self.repeats < 1 or self.workers < 0:
+            raise ValueError("videos, seconds and repeats must be positive, workers >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchResult:
+    """Measured figures."""
+
+    videos: int
+    """Input files."""
+    video_seconds: float
+    """Seconds of source video in them."""
+    workers: int
+    """Parallel processes on each side."""
+    ffmpeg_s: float
+    """Best wall time of bare ffmpeg."""
+    vidshard_s: float
+    """Best wall time of vidshard preprocess."""
+
+    @property
+    def ffmpeg_speed(self) -> float:
+        return self.video_seconds / self.ffmpeg_s
+
+    @property
+    def vidshard_speed(self) -> float:
+        return self.video_seconds / self.vidshard_s
+
+    @property
+    def ratio(self) -> float:
+        return self.ffmpeg_s / self.vidshard_s
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ffmpeg_speed": self.ffmpeg_speed, "vidshard_speed": self.vidshard_speed,
+                "ratio": self.ratio}
+
+
+def make_inputs(folder: Path, cfg: BenchConfig) -> Path:
+    for i in range(cfg.videos):
+        spec = Synth(seconds=cfg.seconds, width=640, height=480, pattern=("testsrc2", "mandelbrot")[i % 2])
+        synth_video(folder / f"input_{i:02d}.mp4", spec)
+    return folder
+
+
+def bare_ffmpeg(inputs: Path, out: Path, pp: PreprocessConfig) -> float:
+    """Wall time of the identical ffmpeg commands, ``pp.num_workers`` at a time."""
+    commands = []
+    for i, item in enumerate(list_inputs(inputs)):
+        info = probe(item.path)  # planning, as any script must do, outside the timed part
+        bounds = chunk_bounds(info.duration_s, pp.chunk_seconds, pp.min_chunk_seconds)
+        chunk_dir = out / f"{i:05d}"
+        chunk_dir.mkdir(parents=True)
+        spec = transcode_spec(pp, item, 0.0, info.duration_s, bounds)
+        commands.append(transcode_args(item.path, chunk_dir, spec))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(pp.num_workers) as pool:
+        list(pool.map(run, commands))
+    return time.perf_counter() - t0
+
+
+def run_vidshard(inputs: Path, out: Path, pp: PreprocessConfig) -> float:
+    t0 = time.perf_counter()
+    result = preprocess(PreprocessConfig(**{**pp.__dict__, "input": inputs, "output": out}),
+                        console=Console(quiet=True))
+    elapsed = time.perf_counter() - t0
+    if result.total.videos_failed:
+        raise RuntimeError(f"vidshard failed on benchmark inputs: {result.failures}")
+    return elapsed
+
+
+def bench_preprocess(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
+    """Measure both sides on the same inputs, alternating, best of ``cfg.repeats``."""
+    console = console or Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="vidshard-bench-") as tmp:
+        tmp = Path(tmp)
+        inputs = cfg.inputs or make_inputs(tmp / "inputs", cfg)
+        pp = PreprocessConfig(input=inputs, output=tmp / "out", workers=cfg.workers, quiet=True)
+        items = list_inputs(inputs)
+        seconds = sum(probe(it.path).duration_s for it in items)
+        times: dict[str, list[float]] = {"ffmpeg": [], "vidshard": []}
+        for r in range(cfg.repeats):
+            for side, fn in (("ffmpeg", bare_ffmpeg), ("vidshard", run_vidshard)):
+                out = tmp / f"{side}{r}"
+                times[side].append(fn(inputs, out, pp))
+                shutil.rmtree(out, ignore_errors=True)
+                console.print(f"repeat {r + 1}: {side:8s} {times[side][-1]:.2f} s", highlight=False)
+    return BenchResult(videos=len(items), video_seconds=seconds, workers=pp.num_workers,
+                       ffmpeg_s=min(times["ffmpeg"]), vidshard_s=min(times["vidshard"]))
+
+
+def report(res: BenchResult) -> str:
+    return (f"{res.videos} videos, {res.video_seconds:.0f} s of video, {res.workers} workers each\n"
+            f"bare ffmpeg : {res.ffmpeg_s:7.2f} s  {res.ffmpeg_speed:7.1f} s of video per s\n"
+            f"vidshard    : {res.vidshard_s:7.2f} s  {res.vidshard_speed:7.1f} s of video per s\n"
+            f"ratio       : {res.ratio:.3f} of bare ffmpeg's throughput (goal >= 0.9)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--inputs", type=Path, default=None, help="folder of videos (default: generate)")
+    ap.add_argument("--videos", type=int, default=BenchConfig.videos)
+    ap.add_argument("--seconds", type=float, default=BenchConfig.seconds)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=BenchConfig.repeats)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    a = ap.parse_args(argv)
+    res = bench_preprocess(BenchConfig(inputs=a.inputs, videos=a.videos, seconds=a.seconds, workers=a.workers,
+                                       repeats=a.repeats))
+    print(json.dumps(res.to_dict(), indent=2) if a.json else report(res))
+
+
+if __name__ == "__main__":
+    main()
