@@ -118,7 +118,7 @@ def raw_clip(path: Path, spec: ClipSpec, size: int, rng: random.Random) -> torch
     box = random_resized_crop(video.shape[2], video.shape[1], spec.scale, spec.ratio, rng)
     crop = video[:, box.y:box.y + box.h, box.x:box.x + box.w].permute(0, 3, 1, 2).float()  # (T, 3, h, w)
     out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)  # (T, 3, S, S)
-    if rng.random() < 0.5:
+    if spec.flip and rng.random() < 0.5:
         out = out.flip(-1)
     return out.round().clamp(0, 255).to(torch.uint8).permute(1, 0, 2, 3)  # (C, T, H, W)
 

@@ -209,3 +209,38 @@ def test_config_validation() -> None:
         LoaderConfig(source="x", sampling="sparse")
     with pytest.raises(ValueError, match="batch_size"):
         LoaderConfig(source="x", batch_size=0)
+
+
+def test_bench_loader_rows_on_tiny_inputs(shard_set: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+    from vidshard.cli import app
+
+    raw = synth_video(tmp_path / "raw" / "cam.mp4", Synth(seconds=2, fps=25, width=96, height=72, gop=250))
+    out = tmp_path / "bench.json"
+    args = ["bench", "loader", str(shard_set), "--raw", str(raw.parent), "--frames", "4", "--size", "32",
+            "--workers", "0", "--batch-size", "2", "--clips", "4", "--repeats", "1",
+            "--clips-per-sample", "2", "--json", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    fig = json.loads(out.read_text())
+    assert set(fig["rows"]) == {"raw videos (conventional)", "shard loader", "shard loader, 2 clips/sample",
+                                "decode-only limit"}
+    assert all(r["clips_per_s"] > 0 for r in fig["rows"].values())
+    assert fig["speedup_vs_raw"] > 0 and "cpu" in fig["machine"]
+
+
+def test_raw_baseline_clip_is_the_asked_frames(tmp_path: Path) -> None:
+    import random
+
+    from vidshard.benchmarks.loader import raw_clip
+    from vidshard.shards.sampling import ClipSpec
+
+    synth = Synth(seconds=4, fps=25, width=SIDE, height=SIDE, pattern="counter", gop=250)
+    path = synth_video(tmp_path / "c.mp4", synth)
+    spec = ClipSpec(frames=5, stride=3, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+    clip = raw_clip(path, spec, SIDE, random.Random(0))  # (C, T, H, W)
+    nums = [read_counter(clip[0, t, SIDE // 2].tolist(), SIDE) for t in range(5)]
+    assert clip.shape == (3, 5, SIDE, SIDE)
+    assert [b - a for a, b in zip(nums, nums[1:], strict=False)] == [3] * 4
