@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from vidshard.preprocess.config import PreprocessConfig
 from vidshard.preprocess.encode import transcode_spec
-from vidshard.preprocess.ffmpeg import Synth, run, synth_video, transcode_args
+from vidshard.preprocess.ffmpeg import Synth, run, synth_video, transcode, transcode_args
 from vidshard.preprocess.inputs import list_inputs
 from vidshard.preprocess.plan import chunk_bounds
 from vidshard.preprocess.probe import probe
@@ -143,6 +143,65 @@ def report(res: BenchResult) -> str:
             f"ratio       : {res.ratio:.3f} of bare ffmpeg's throughput (goal >= 0.9)")
 
 
+# --- How the defaults were chosen: file size against random clip-decode speed per gop ------------
+
+
+def gop_sweep(gops: tuple[int, ...] = (4, 8, 16, 32, 64, 250), clip_frames: int = 16, clips: int = 40,
+              seconds: float = 10.0, short_side: int = 288, seed: int = 0) -> list[dict]:
+    """For each gop: bytes per second of video, and random ``clip_frames``-frame clips decoded per
+    second (seek to the keyframe before a random start, decode to the clip's end, one thread),
+    averaged over three sources (testsrc2, mandelbrot, a moving square)."""
+    import random
+
+    import av
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vidshard-gop-") as tmp:
+        tmp = Path(tmp)
+        sources = [synth_video(tmp / f"{p}.mp4", Synth(seconds=seconds, width=640, height=480, pattern=p,
+                                                       codec="h264", gop=1))
+                   for p in ("testsrc2", "mandelbrot", "moving")]
+        for gop in gops:
+            size, clip_s = 0, 0.0
+            for src in sources:
+                pp = PreprocessConfig(input=tmp, output=tmp, gop=gop, short_side=short_side,
+                                      chunk_seconds=seconds)
+                out = tmp / f"g{gop}_{src.stem}"
+                spec = transcode_spec(pp, list_inputs(tmp)[0], 0.0, seconds, [(0.0, seconds)])
+                chunk = transcode(src, out, spec)[0][0]
+                size += chunk.stat().st_size
+                clip_s += _time_clips(av, chunk, clip_frames, clips, random.Random(seed))
+            rows.append({"gop": gop, "kbytes_per_s": size / len(sources) / seconds / 1e3,
+                         "clips_per_s": clips * len(sources) / clip_s})
+    return rows
+
+
+def _time_clips(av, path: Path, n: int, clips: int, rng) -> float:
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "NONE"
+        total = stream.frames
+        rate, tb = stream.average_rate, stream.time_base
+        t0 = time.perf_counter()
+        for _ in range(clips):
+            start = rng.randrange(0, total - n)
+            c.seek(int(start / rate / tb), stream=stream, backward=True)
+            got = 0
+            for frame in c.decode(stream):
+                if frame.pts * tb >= start / rate - 1e-6:
+                    got += 1
+                    if got == n:
+                        break
+        return time.perf_counter() - t0
+
+
+def sweep_report(rows: list[dict]) -> str:
+    lines = ["| gop | size (kB per s of video) | random 16-frame clips decoded per s |",
+             "| --- | --- | --- |"]
+    lines += [f"| {r['gop']} | {r['kbytes_per_s']:.0f} | {r['clips_per_s']:.0f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", type=Path, default=None, help="folder of videos (default: generate)")
@@ -151,7 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=BenchConfig.repeats)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--gop-sweep", action="store_true", help="measure size vs clip-decode speed per gop")
     a = ap.parse_args(argv)
+    if a.gop_sweep:
+        rows = gop_sweep()
+        print(json.dumps(rows, indent=2) if a.json else sweep_report(rows))
+        return
     res = bench_preprocess(BenchConfig(inputs=a.inputs, videos=a.videos, seconds=a.seconds, workers=a.workers,
                                        repeats=a.repeats))
     print(json.dumps(res.to_dict(), indent=2) if a.json else report(res))
