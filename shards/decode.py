@@ -145,9 +145,11 @@ def _graph(frame: VideoFrame, box: Box, size: int, flip: bool, interpolation: st
 
 
 def crop_resize(frames: list[VideoFrame], box: Box, size: int, flip: bool = False,
-                interpolation: str = "bilinear") -> np.ndarray:
-    """Crop ``box`` from every frame, scale it to ``size`` x ``size`` RGB: uint8 ``(3, T, size, size)``."""
-    out = np.empty((3, len(frames), size, size), np.uint8)  # (C, T, H, W)
+                interpolation: str = "bilinear", out: np.ndarray | None = None) -> np.ndarray:
+    """Crop ``box`` from every frame, scale it to ``size`` x ``size`` RGB: uint8 ``(3, T, size, size)``
+    (written into ``out`` when given)."""
+    if out is None:
+        out = np.empty((3, len(frames), size, size), np.uint8)  # (C, T, H, W)
     g = _graph(frames[0], box, size, flip, interpolation)
     for t, frame in enumerate(frames):
         g.push(frame)
@@ -183,7 +185,9 @@ def decode_sample(data: bytes, plan: PlanFn, size: int, threads: int = 1,
         got = decode_frames(stream, packets, needed, threads)
         out = []
         for views in clips:
-            arrs = [crop_resize([_fill(got, i) for i in v.indices], v.box, size, v.flip, interpolation)
-                    for v in views]
-            out.append(np.stack(arrs))  # (V, C, T, H, W)
+            arr = np.empty((len(views), 3, len(views[0].indices), size, size), np.uint8)  # (V, C, T, H, W)
+            for v, view in enumerate(views):
+                crop_resize([_fill(got, i) for i in view.indices], view.box, size, view.flip, interpolation,
+                            out=arr[v])
+            out.append(arr)
         return out

@@ -239,7 +239,11 @@ def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
 
 
 def _collate(clips: list[dict[str, Any]]) -> dict[str, Any]:
-    video = torch.from_numpy(np.stack([c["video"] for c in clips]))  # (B, C, T, H, W) or (B, V, C, T, H, W)
+    shape = (len(clips), *clips[0]["video"].shape)  # (B, C, T, H, W) or (B, V, C, T, H, W)
+    video = torch.empty(shape, dtype=torch.uint8)
+    if get_worker_info() is not None:  # in a worker: fill shared memory, so sending it copies nothing
+        video.share_memory_()
+    np.stack([c["video"] for c in clips], out=video.numpy())
     return {"video": video, "label": torch.tensor([c["label"] for c in clips], dtype=torch.int64),
             "key": [c["key"] for c in clips], "valid": torch.ones(len(clips), dtype=torch.bool)}
 
