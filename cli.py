@@ -40,8 +40,8 @@ def preprocess_cmd(
     output: Path = typer.Argument(..., help="Shard-set folder. Run the same command again to resume after a "
                                   "kill or to add new videos."),
     chunk_seconds: float = typer.Option(_pp_default("chunk_seconds"), help="Length of each clip, seconds."),
-    min_chunk_seconds: float = typer.Option(_pp_default("min_chunk_seconds"),
-                                            help="A last piece shorter than this joins the previous chunk."),
+    min_chunk_seconds: float | None = typer.Option(None, help="A last piece shorter than this joins the "
+                                            "previous chunk (default: a fifth of --chunk-seconds)."),
     short_side: int = typer.Option(_pp_default("short_side"), help="Output short side in pixels (even)."),
     fps: float = typer.Option(0.0, help="Resample to this frame rate; 0 keeps each source's rate."),
     crf: int = typer.Option(_pp_default("crf"), help="x264 quality: lower is better and bigger."),
@@ -83,6 +83,123 @@ def preprocess_cmd(
 
 
 # == train / eval (train/) =======================================================================
+
+
+def _tr_help(name: str, cls_name: str = "TrainConfig") -> str:
+    """An option's help: the config field's docstring and its default."""
+    from vidshard.train import config
+
+    cls = getattr(config, cls_name)
+    default = config.default_of(cls, name)
+    shown = "" if default is None else f" [dim]\\[default: {default}][/dim]"
+    return config.field_docs(cls)[name].replace("``", "") + shown
+
+
+def _tr_run(fn, *args):
+    """Call a library function; turn the errors a user can fix into one clear line and exit code 2."""
+    try:
+        return fn(*args)
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("train")
+def train_cmd(
+    shardset: str = typer.Argument(None, help="Shard set to train on: folder, manifest.json or http(s):// "
+                                   "URL (or `data` in --config)."),
+    config: Path = typer.Option(None, "--config", help="TOML file with any of these options (top level or "
+                                "under \\[train]); options given here override it."),
+    model: str = typer.Option(None, help=_tr_help("model")),
+    objective: str = typer.Option(None, help=_tr_help("objective")),
+    frames: int = typer.Option(None, help=_tr_help("frames")),
+    stride: int = typer.Option(None, help=_tr_help("stride")),
+    size: int = typer.Option(None, help=_tr_help("size")),
+    batch_size: int = typer.Option(None, help=_tr_help("batch_size")),
+    epochs: int = typer.Option(None, help=_tr_help("epochs")),
+    steps: int = typer.Option(None, help=_tr_help("steps")),
+    lr: float = typer.Option(None, help=_tr_help("lr")),
+    min_lr: float = typer.Option(None, help=_tr_help("min_lr")),
+    warmup_steps: int = typer.Option(None, help=_tr_help("warmup_steps")),
+    weight_decay: float = typer.Option(None, help=_tr_help("weight_decay")),
+    label_smoothing: float = typer.Option(None, help=_tr_help("label_smoothing")),
+    clip_grad: float = typer.Option(None, help=_tr_help("clip_grad")),
+    layer_decay: float = typer.Option(None, help=_tr_help("layer_decay")),
+    drop_path: float = typer.Option(None, help=_tr_help("drop_path")),
+    crop_scale: tuple[float, float] = typer.Option((None, None), help=_tr_help("crop_scale")),
+    flip: bool = typer.Option(None, "--flip/--no-flip", help=_tr_help("flip")),
+    clips_per_sample: int = typer.Option(None, help=_tr_help("clips_per_sample")),
+    workers: int = typer.Option(None, help=_tr_help("workers")),
+    out: str = typer.Option(None, help=_tr_help("out")),
+    seed: int = typer.Option(None, help=_tr_help("seed")),
+    val: str = typer.Option(None, help=_tr_help("val_data")),
+    resume: bool = typer.Option(None, "--resume", help=_tr_help("resume")),
+    init_from: str = typer.Option(None, help=_tr_help("init_from")),
+    mask_ratio: float = typer.Option(None, help=_tr_help("mask_ratio")),
+    decoder_dim: int = typer.Option(None, help=_tr_help("decoder_dim")),
+    decoder_depth: int = typer.Option(None, help=_tr_help("decoder_depth")),
+    pos_embed: str = typer.Option(None, help=_tr_help("pos_embed")),
+    pool: str = typer.Option(None, help=_tr_help("pool")),
+    grad_checkpointing: bool = typer.Option(None, "--grad-checkpointing",
+                                            help=_tr_help("grad_checkpointing")),
+    attn_impl: str = typer.Option(None, help=_tr_help("attn_impl")),
+    device: str = typer.Option(None, help=_tr_help("device")),
+    amp: bool = typer.Option(None, "--amp/--no-amp", help=_tr_help("amp")),
+    compile: bool = typer.Option(None, "--compile/--no-compile", help=_tr_help("compile")),
+    log_every: int = typer.Option(None, help=_tr_help("log_every")),
+    ckpt_every: int = typer.Option(None, help=_tr_help("ckpt_every")),
+    eval_every: int = typer.Option(None, help=_tr_help("eval_every")),
+    keep_checkpoints: int = typer.Option(None, help=_tr_help("keep_checkpoints")),
+    stop_after: int = typer.Option(None, help=_tr_help("stop_after")),
+    cache_dir: str = typer.Option(None, help=_tr_help("cache_dir")),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a video ViT on a shard set (supervised from its labels, or MAE pretraining).
+
+    Writes RUN/config.json, RUN/metrics.jsonl, TensorBoard events in RUN/tb and checkpoints in
+    RUN/checkpoints. Several processes: [bold]torchrun --nproc-per-node N $(which vidshard) train ...[/bold]
+    """
+    from vidshard.train.config import TrainConfig, build_config
+    from vidshard.train.loop import train
+
+    options = dict(locals())
+    for k in ("shardset", "config", "quiet", "val", "options"):
+        options.pop(k)
+    options.update(data=shardset, val_data=val, progress=False if quiet else None,
+                   crop_scale=None if crop_scale[0] is None else crop_scale)
+    cfg = _tr_run(build_config, TrainConfig, config, options)
+    result = _tr_run(train, cfg)
+    if result.checkpoint is not None:
+        typer.echo(f"{result.steps} steps, last loss {result.last_loss:.4f}; checkpoint {result.checkpoint}")
+    if result.val is not None:
+        typer.echo(f"validation: top-1 {result.val['top1']:.1%}, top-5 {result.val['top5']:.1%} "
+                   f"on {result.val['samples']} samples")
+
+
+@app.command("eval")
+def eval_cmd(
+    shardset: str = typer.Argument(..., help="Labeled shard set to evaluate on."),
+    checkpoint: str = typer.Option(..., help="Checkpoint file (or a run folder: its newest checkpoint)."),
+    out: str = typer.Option(None, help="JSON file for the results [dim]\\[default: RUN/eval.json][/dim]."),
+    temporal_views: int = typer.Option(None, help=_tr_help("temporal_views", "EvalConfig")),
+    spatial_views: int = typer.Option(None, help=_tr_help("spatial_views", "EvalConfig")),
+    batch_size: int = typer.Option(None, help=_tr_help("batch_size", "EvalConfig")),
+    workers: int = typer.Option(None, help=_tr_help("workers", "EvalConfig")),
+    device: str = typer.Option(None, help=_tr_help("device", "EvalConfig")),
+    cache_dir: str = typer.Option(None, help=_tr_help("cache_dir", "EvalConfig")),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Top-1 / top-5 and per-class accuracy of a checkpoint, scores averaged over several views."""
+    from vidshard.train.config import EvalConfig, build_config
+    from vidshard.train.evaluate import evaluate, print_table
+
+    options = dict(data=shardset, checkpoint=checkpoint, out=out, temporal_views=temporal_views,
+                   spatial_views=spatial_views, batch_size=batch_size, workers=workers, device=device,
+                   cache_dir=cache_dir, progress=False if quiet else None)
+    result = _tr_run(evaluate, _tr_run(build_config, EvalConfig, None, options))
+    print_table(result)
+    typer.echo(f"top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%}; wrote {result['out']}")
+
 
 # == verify / serve / inspect / merge (shards/) ==================================================
 
@@ -256,7 +373,7 @@ def bench_loader_cmd(
     size: int = typer.Option(None, help="Output side in pixels (default 224)."),
     workers: int = typer.Option(None, help="DataLoader workers, the same for every row (default 2)."),
     batch_size: int = typer.Option(None, help="Clips per batch (default 8)."),
-    clips: int = typer.Option(None, help="Clips timed per row, after the first batch (default 48)."),
+    clips: int = typer.Option(None, help="Clips timed per row, after the first batch (default 32)."),
     clips_per_sample: int = typer.Option(None, "--clips-per-sample",
                                          help="K of the clips-per-sample row; 1 skips it (default 4)."),
     repeats: int = typer.Option(None, help="Measure the rows this many times, interleaved; keep each best "
@@ -281,6 +398,24 @@ def bench_loader_cmd(
     show(result, console)
     if json_out is not None:
         console.print(f"figures written to {write_json(result, json_out)}")
+
+
+@bench_app.command("model")
+def bench_model_cmd(
+    model: str = typer.Option("vit-t", help="Model preset: vit-t, vit-s, vit-b or vit-l."),
+    frames: int = typer.Option(16, help="Frames per clip."),
+    size: int = typer.Option(224, help="Crop side in pixels."),
+    batch_size: int = typer.Option(1, help="Clips per training step."),
+    steps: int = typer.Option(3, help="Timed steps per path (after one warm-up step); the median counts."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Training-step time and peak memory: fused attention (flash-attn / SDPA) vs the plain reference."""
+    from vidshard.benchmarks.model import ModelBenchConfig, print_report, run_bench
+
+    cfg = _tr_run(lambda: ModelBenchConfig(model=model, frames=frames, size=size, batch_size=batch_size,
+                                           steps=steps, device=device))
+    print_report(_tr_run(run_bench, cfg), json_out)
 
 
 # == demo ========================================================================================

@@ -28,6 +28,7 @@ from vidshard.train.model import ViTConfig
 ROWS: list[tuple[str, str, str]] = [
     ("reference attention", "supervised", "reference"),
     ("fused attention (auto)", "supervised", "auto"),
+    ("MAE pretraining, mask 0.9 (auto)", "mae", "auto"),  # encoder on the visible 10% of tokens
 ]
 
 
@@ -49,6 +50,11 @@ class ModelBenchConfig:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     num_classes: int = 400
     """Classifier outputs."""
+
+    def __post_init__(self) -> None:
+        ViTConfig.from_preset(self.model, frames=self.frames, img_size=self.size)  # validates all three
+        if self.batch_size < 1 or self.steps < 1:
+            raise ValueError("batch_size and steps must be at least 1")
 
 
 def flops_per_clip(cfg: ViTConfig, frames: int | None = None, size: int | None = None) -> float:

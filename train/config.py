@@ -12,8 +12,6 @@ from typing import Any
 
 import tomllib
 
-from .model import ATTN_IMPLS, PRESETS
-
 OBJECTIVES = ("supervised", "mae")
 
 
@@ -109,6 +107,8 @@ class TrainConfig:
     """Show the rich progress bar."""
 
     def __post_init__(self) -> None:
+        from .model import ATTN_IMPLS, PRESETS  # here, so `vidshard --help` does not import torch
+
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.model not in PRESETS:
