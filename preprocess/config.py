@@ -37,8 +37,9 @@ class PreprocessConfig:
     """Folder of the shard set (created; a re-run with the same options resumes / adds new videos)."""
     chunk_seconds: float = 10.0
     """Length of each clip (sample) in seconds."""
-    min_chunk_seconds: float = 2.0
-    """A last piece shorter than this joins the chunk before it instead of being its own sample."""
+    min_chunk_seconds: float | None = None
+    """A last piece shorter than this joins the chunk before it instead of being its own sample
+    (``None``: a fifth of ``chunk_seconds``, 2 s for the default 10 s)."""
     short_side: int = 288
     """Short side of the output in pixels (even); aspect ratio kept, square pixels."""
     fps: float | None = None
@@ -75,6 +76,8 @@ class PreprocessConfig:
         object.__setattr__(self, "output", Path(self.output))
         if self.chunk_seconds <= 0:
             raise ValueError(f"chunk_seconds must be > 0, got {self.chunk_seconds}")
+        if self.min_chunk_seconds is None:
+            object.__setattr__(self, "min_chunk_seconds", self.chunk_seconds / 5)
         if not 0 <= self.min_chunk_seconds <= self.chunk_seconds:
             raise ValueError(f"min_chunk_seconds must be in [0, chunk_seconds], got {self.min_chunk_seconds}")
         if self.short_side < 16 or self.short_side % 2:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import av
-from vidshard.shards.schema import SampleMeta, atomic_write
+from vidshard.shards.schema import SampleMeta
 
 from .config import PreprocessConfig
 from .ffmpeg import FFmpegError, TranscodeSpec, transcode
@@ -127,7 +127,8 @@ def _encode_into(job: EncodeJob, cfg: PreprocessConfig, tmp: Path) -> dict[str, 
             "bytes_in": int(info.bytes * share),
             "source": {"codec": info.codec, "width": info.width, "height": info.height,
                        "fps": round(info.fps, 3)}}
-    atomic_write(tmp / META, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    # No fsync needed: renaming the folder (in encode_video) is what publishes it.
+    (tmp / META).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
     return meta
 
 

@@ -110,6 +110,7 @@ def _first_frame(container: av.container.InputContainer,
                  stream: av.video.stream.VideoStream) -> av.VideoFrame:
     """Decode the first frame: proves the codec is supported and the data is sane."""
     codec = stream.codec_context.name
+    stream.thread_type = "NONE"  # one frame: threads would cost more than they save
     try:
         for i, frame in enumerate(container.decode(stream)):
             if frame.width > 0 and frame.height > 0:

@@ -1,0 +1,79 @@
+"""The command line: help text, exit codes, --dry-run, clear errors; the demo and the benchmark run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from typer.testing import CliRunner
+from vidshard.benchmarks.preprocess import BenchConfig, bench_preprocess
+from vidshard.cli import app
+from vidshard.demo import DemoConfig, run_demo
+from vidshard.shards.schema import Manifest
+
+runner = CliRunner()
+FAST = ["--chunk-seconds", "1", "--short-side", "64", "--workers", "1", "--quiet"]
+
+
+def test_help_documents_every_option() -> None:
+    text = runner.invoke(app, ["preprocess", "--help"], terminal_width=200).output
+    for opt in ("--chunk-seconds", "--min-chunk-seconds", "--short-side", "--fps", "--crf", "--gop",
+                "--keep-audio", "--labels-from-dirs", "--shard-size", "--workers", "--part", "--quiet",
+                "--dry-run", "--strict", "--retry-failed"):
+        assert opt in text, opt
+    assert "bench" in runner.invoke(app, ["--help"]).output
+    assert "--json" in runner.invoke(app, ["bench", "preprocess", "--help"], terminal_width=200).output
+
+
+def test_exit_codes(tmp_path: Path, make_video) -> None:
+    make_video("in/good.mp4", seconds=1.0)
+    (tmp_path / "in" / "bad.mp4").write_text("no video here")
+    ok = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(tmp_path / "out"), *FAST])
+    assert ok.exit_code == 0, ok.output
+    assert "bad.mp4" in ok.output and "1 videos ok, 1 failed" in ok.output
+    strict = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(tmp_path / "out"), *FAST,
+                                 "--strict"])
+    assert strict.exit_code == 1
+    (tmp_path / "bad_only").mkdir()
+    (tmp_path / "bad_only" / "x.avi").write_bytes(b"\0" * 100)
+    none = runner.invoke(app, ["preprocess", str(tmp_path / "bad_only"), str(tmp_path / "out2"), *FAST])
+    assert none.exit_code == 1
+
+
+def test_dry_run_encodes_nothing(tmp_path: Path, make_video) -> None:
+    make_video("in/a.mp4", seconds=2.5, width=320, height=240)
+    res = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(tmp_path / "out"), "--dry-run",
+                              "--chunk-seconds", "1", "--short-side", "64"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "a.mp4" in res.output and "86x64" in res.output
+    assert not list((tmp_path / "out").glob("*.tar")) and not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_clear_errors_for_bad_arguments(tmp_path: Path, make_video) -> None:
+    missing = runner.invoke(app, ["preprocess", str(tmp_path / "nope"), str(tmp_path / "out")])
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output
+    bad_part = runner.invoke(app, ["preprocess", str(tmp_path), str(tmp_path / "out"), "--part", "5/4"])
+    assert bad_part.exit_code == 2 and "--part" in bad_part.output
+    make_video("in/a.mp4", seconds=1.0)
+    runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(tmp_path / "out"), *FAST])
+    changed = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(tmp_path / "out"), *FAST[2:],
+                                  "--short-side", "96"])
+    assert changed.exit_code == 2 and "other settings" in changed.output
+
+
+def test_demo_makes_a_labeled_shard_set(tmp_path: Path) -> None:
+    cfg = DemoConfig(out_dir=tmp_path / "demo", videos_per_class=2, seconds=2.0, workers=2)
+    result = run_demo(cfg, console=Console(quiet=True))
+    manifest = Manifest.load(result.shards)
+    assert manifest.classes == ["left", "right"] and manifest.totals["videos"] == 4
+    failures = [json.loads(line) for line in (result.shards / "failures.jsonl").read_text().splitlines()]
+    assert [f["path"] for f in failures] == ["right/broken_download.mp4"]
+
+
+def test_benchmark_reports_both_sides(tmp_path: Path) -> None:
+    res = bench_preprocess(BenchConfig(videos=2, seconds=1.0, workers=1, repeats=1),
+                           console=Console(quiet=True))
+    d = res.to_dict()
+    assert d["videos"] == 2 and d["video_seconds"] == 2.0
+    assert d["ffmpeg_s"] > 0 and d["vidshard_s"] > 0 and d["ratio"] == d["ffmpeg_s"] / d["vidshard_s"]
