@@ -54,7 +54,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-class Progress2:
+class VideoProgress:
     """Two counters: videos done (of the total) and seconds of video encoded."""
 
     def __init__(self, console: Console, total_videos: int, enabled: bool) -> None:
@@ -66,7 +66,7 @@ class Progress2:
         self.task = self.progress.add_task("videos", total=total_videos, video_s="0 s of video")
         self.seconds = 0.0
 
-    def __enter__(self) -> Progress2:
+    def __enter__(self) -> VideoProgress:
         self.progress.start()
         return self
 

@@ -7,8 +7,6 @@ folder; this process alone writes shards, the journal, the manifest and
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +19,9 @@ from .config import PreprocessConfig
 from .encode import EncodeFailure, EncodeJob, EncodeOutcome, encode_video, read_staged, segment_of
 from .inputs import InputItem, list_inputs
 from .plan import chunk_bounds, class_list, output_size, part_of, part_prefix
+from .pool import EncodePool
 from .probe import ProbeError, probe
-from .report import Progress2, RunFigures, summary_lines, summary_table
+from .report import RunFigures, VideoProgress, summary_lines, summary_table
 from .store import STATE_DIR, OutputStore
 
 
@@ -98,47 +97,26 @@ def preprocess(cfg: PreprocessConfig, console: Console | None = None) -> Preproc
 
 def _encode_all(cfg: PreprocessConfig, store: OutputStore, jobs: list[EncodeJob],
                 console: Console) -> _Tally:
-    """Run the jobs on the pool (at most 2 per worker in flight) and pack results as they come."""
+    """Encode the jobs on the pool and pack each video into the shards as soon as it is done."""
     tally = _Tally()
     ready = [j for j in jobs if store.staged(j.item.vid)]  # encoded before a kill: pack, never re-encode
-    pending = iter([j for j in jobs if not store.staged(j.item.vid)])
-    pool = _start_pool(cfg.num_workers) if len(ready) < len(jobs) else None
-    running: set[cf.Future] = set()
+    todo = [j for j in jobs if not store.staged(j.item.vid)]
+    pool = EncodePool(cfg) if todo else None  # started before the progress thread (see pool.py)
     try:
-        with Progress2(console, len(jobs), enabled=not cfg.quiet) as bar:
+        with VideoProgress(console, len(jobs), enabled=not cfg.quiet) as bar:
             for job in ready:
                 _handle(encode_video(job, cfg), store, tally, bar, cfg, console)
                 tally.resumed += 1
-            while pool is not None:
-                while len(running) < 2 * cfg.num_workers and (job := next(pending, None)) is not None:
-                    running.add(pool.submit(encode_video, job, cfg))
-                if not running:
-                    break
-                finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for fut in finished:
-                    _handle(fut.result(), store, tally, bar, cfg, console)
+            for out in pool.results(todo) if pool else ():
+                _handle(out, store, tally, bar, cfg, console)
     except BaseException:
         store.abort()  # the open shard is dropped; its videos stay staged for the next run
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.close(cancel=True)
         raise
     if pool is not None:
-        pool.shutdown()
+        pool.close()
     return tally
-
-
-def _start_pool(workers: int) -> cf.ProcessPoolExecutor:
-    """A process pool whose workers exist before any other thread (the progress bar) starts.
-
-    ``fork`` makes a worker's start cost nothing (``spawn``/``forkserver`` re-import the caller's
-    ``__main__``, which can pull in torch: seconds per worker). Forking before the progress thread
-    exists keeps it safe.
-    """
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-    pool.submit(int).result()  # with fork, this starts all the workers now
-    return pool
 
 
 @dataclass
@@ -156,7 +134,7 @@ class _Tally:
 
 
 def _handle(out: EncodeOutcome, store: OutputStore, tally: _Tally,
-            bar: Progress2, cfg: PreprocessConfig, console: Console) -> None:
+            bar: VideoProgress, cfg: PreprocessConfig, console: Console) -> None:
     item = out.item
     if out.staged is None:
         rec = failure_record(item.display, out.reason or "unknown error", video_id=item.vid)

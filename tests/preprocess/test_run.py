@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -160,3 +161,25 @@ def test_list_with_segments_labels_and_captions(tmp_path: Path, make_video) -> N
     stir = [m for m in metas if m.video == "raw/kitchen.mp4" and m.label_name == "stir"]
     assert stir[0].start_s == pytest.approx(3.0) and stir[-1].end_s == pytest.approx(5.5, abs=0.05)
     assert len({m.video_id for m in metas}) == 3  # each segment is its own input
+
+
+def test_a_worker_dying_fails_only_its_own_file(tmp_path: Path, make_video, monkeypatch) -> None:
+    import vidshard.preprocess.encode as encode
+
+    real_probe = encode.probe
+
+    def probe_or_die(path):  # a decoder crash: the worker process vanishes, no exception
+        if "crash" in str(path):
+            os._exit(3)
+        return real_probe(path)
+
+    monkeypatch.setattr(encode, "probe", probe_or_die)  # workers are forked: they inherit it
+    for i in range(3):
+        make_video(f"in/ok{i}.mp4", seconds=1.0, width=160, height=120)
+    make_video("in/crash.mp4", seconds=1.0, width=160, height=120)
+    cfg = PreprocessConfig(input=tmp_path / "in", output=tmp_path / "out", chunk_seconds=1.0, short_side=64,
+                           workers=2, quiet=True)
+    result = preprocess(cfg, console=Console(quiet=True))
+    assert result.total.videos_ok == 3
+    assert [f["path"] for f in result.failures] == ["crash.mp4"]
+    assert "worker process died" in result.failures[0]["reason"]
