@@ -84,7 +84,8 @@ class LoaderConfig:
     shuffle_buffer: int = 256
     """Training: encoded samples in the shuffle buffer before decoding (0 or 1 disables it)."""
     clip_buffer: int = 16
-    """Training: decoded clips in the shuffle buffer after decoding, so clips of one sample spread out."""
+    """Training with clips_per_sample > 1: decoded clips in a second shuffle buffer, so the clips of one
+    sample spread out."""
     seed: int = 0
     """Seed of every random choice; the order is a pure function of (seed, epoch)."""
     drop_last: bool = True
@@ -184,7 +185,7 @@ class _EpochPipeline(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         cfg, report = self.cfg, _Report()
         rng = random.Random(f"vidshard-clips-{cfg.seed}-{self.epoch}-{self.rank}-{worker}")
-        shuffle = cfg.train
+        shuffle, spec_k = cfg.train, cfg.clip_spec().clips_per_sample
         spans = self._spans(worker, workers)
         stages = [
             lambda: iter([{"span": s} for s in spans]),
@@ -192,8 +193,10 @@ class _EpochPipeline(IterableDataset):
             wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=rng)
             if shuffle and cfg.shuffle_buffer > 1 else None,
             lambda src: _decode_clips(src, cfg, rng, report),
+            # Clips of one sample are spread by a buffer of decoded clips; with one clip per sample the
+            # sample buffer already did the shuffling, and filling this one would only delay the first batch.
             wds.shuffle(cfg.clip_buffer, initial=cfg.clip_buffer, rng=rng)
-            if shuffle and cfg.clip_buffer > 1 else None,
+            if shuffle and cfg.clip_buffer > 1 and spec_k > 1 else None,
             wds.batched(cfg.batch_size, collation_fn=_collate, partial=True),
             lambda src: _attach_reports(src, report),
         ]
@@ -381,13 +384,13 @@ class ClipLoader:
         cfg = self.cfg
         self.stats = LoaderStats(epoch=self.epoch)
         pipeline = _EpochPipeline(cfg, self.source, self.epoch, self.rank, self.world_size)
-        loader = DataLoader(pipeline, batch_size=None, num_workers=cfg.workers,
+        pin = torch.cuda.is_available()  # the DataLoader's pin thread pins worker batches off this thread
+        loader = DataLoader(pipeline, batch_size=None, num_workers=cfg.workers, pin_memory=pin,
                             prefetch_factor=2 if cfg.workers else None)
-        pin = torch.cuda.is_available()
         for batch in rebatch(iter(loader), cfg.batch_size, self.clip_quota, cfg.drop_last, self.stats):
             self.stats.batches += 1
             self.stats.clips += len(batch["key"])
-            if pin:
+            if pin and not batch["video"].is_pinned():  # only batches merged from pieces
                 batch["video"] = batch["video"].pin_memory()
             yield batch
         if self.stats.skipped:
