@@ -75,7 +75,7 @@ def preprocess_cmd(
             workers=workers, part=parse_part(part) if part else None, retry_failed=retry_failed,
             dry_run=dry_run, quiet=quiet, strict=strict)
         result = preprocess(cfg)
-    except (ValueError, InputError, SettingsMismatch) as e:
+    except (ValueError, InputError, SettingsMismatch, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if not dry_run:
@@ -126,7 +126,7 @@ def train_cmd(
     clip_grad: float = typer.Option(None, help=_tr_help("clip_grad")),
     layer_decay: float = typer.Option(None, help=_tr_help("layer_decay")),
     drop_path: float = typer.Option(None, help=_tr_help("drop_path")),
-    crop_scale: tuple[float, float] = typer.Option((None, None), help=_tr_help("crop_scale")),
+    crop_scale: tuple[float, float] | None = typer.Option(None, help=_tr_help("crop_scale")),
     flip: bool = typer.Option(None, "--flip/--no-flip", help=_tr_help("flip")),
     clips_per_sample: int = typer.Option(None, help=_tr_help("clips_per_sample")),
     workers: int = typer.Option(None, help=_tr_help("workers")),
@@ -159,14 +159,13 @@ def train_cmd(
     Writes RUN/config.json, RUN/metrics.jsonl, TensorBoard events in RUN/tb and checkpoints in
     RUN/checkpoints. Several processes: [bold]torchrun --nproc-per-node N $(which vidshard) train ...[/bold]
     """
+    options = dict(locals())  # every option, before anything else is defined here
     from vidshard.train.config import TrainConfig, build_config
     from vidshard.train.loop import train
 
-    options = dict(locals())
-    for k in ("shardset", "config", "quiet", "val", "options"):
+    for k in ("shardset", "config", "quiet", "val"):
         options.pop(k)
-    options.update(data=shardset, val_data=val, progress=False if quiet else None,
-                   crop_scale=None if crop_scale[0] is None else crop_scale)
+    options.update(data=shardset, val_data=val, progress=False if quiet else None)
     cfg = _tr_run(build_config, TrainConfig, config, options)
     result = _tr_run(train, cfg)
     if result.checkpoint is not None:
@@ -373,7 +372,7 @@ def bench_loader_cmd(
     size: int = typer.Option(None, help="Output side in pixels (default 224)."),
     workers: int = typer.Option(None, help="DataLoader workers, the same for every row (default 2)."),
     batch_size: int = typer.Option(None, help="Clips per batch (default 8)."),
-    clips: int = typer.Option(None, help="Clips timed per row, after the first batch (default 32)."),
+    clips: int = typer.Option(None, help="Clips timed per row, start-up included (default 48)."),
     clips_per_sample: int = typer.Option(None, "--clips-per-sample",
                                          help="K of the clips-per-sample row; 1 skips it (default 4)."),
     repeats: int = typer.Option(None, help="Measure the rows this many times, interleaved; keep each best "

@@ -73,15 +73,20 @@ def list_inputs(source: Path, *, labels_from_dirs: bool = False,
 def _walk(root: Path, labels_from_dirs: bool, exclude: Path | None) -> list[InputItem]:
     root = root.resolve()
     skip = exclude.resolve() if exclude is not None else None
-    items = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    items, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
+        st = here.stat()
+        if (st.st_dev, st.st_ino) in seen:  # a symlink loop, or a folder linked twice
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if skip is None or (here / d).resolve() != skip)
         for name in sorted(filenames):
             path = here / name
             if not path.is_file():
                 continue  # sockets, fifos, dangling links
-            rel = path.relative_to(root).as_posix()
+            rel = _printable(path.relative_to(root).as_posix())
             label = rel.split("/", 1)[0] if labels_from_dirs and "/" in rel else None
             items.append(InputItem(path=path, rel=rel, label_name=label))
     return items
@@ -140,6 +145,16 @@ def _time(value: object, where: str, name: str) -> float | None:
     if t < 0:
         raise InputError(f"{where}: {name} {t} is negative")
     return t
+
+
+def _printable(rel: str) -> str:
+    """A file name that is not valid UTF-8 (e.g. Latin-1 bytes) gets ``\\xNN`` escapes in the
+    stored path, so ids and JSON work; the file itself is still opened by its real name."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 def _label_name(text: str) -> str:

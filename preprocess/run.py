@@ -7,6 +7,7 @@ folder; this process alone writes shards, the journal, the manifest and
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +137,13 @@ class _Tally:
 def _handle(out: EncodeOutcome, store: OutputStore, tally: _Tally,
             bar: VideoProgress, cfg: PreprocessConfig, console: Console) -> None:
     item = out.item
+    if out.staged is None and "No space left on device" in (out.reason or ""):
+        raise OSError(errno.ENOSPC, f"disk full while encoding {item.display} into {store.staging}; "
+                      "free some space and run the same command again (finished work is kept)")
     if out.staged is None:
-        rec = failure_record(item.display, out.reason or "unknown error", video_id=item.vid)
+        segment = {} if item.start_s is None and item.end_s is None else {"start": item.start_s,
+                                                                          "end": item.end_s}
+        rec = failure_record(item.rel, out.reason or "unknown error", video_id=item.vid, **segment)
         store.add_failure(rec)
         tally.failures.append(rec)
         if cfg.quiet:
