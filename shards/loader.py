@@ -190,12 +190,12 @@ class _EpochPipeline(IterableDataset):
         stages = [
             lambda: iter([{"span": s} for s in spans]),
             lambda src: _read_spans(src, self.source, report),
-            wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=rng)
+            wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64), rng=rng)
             if shuffle and cfg.shuffle_buffer > 1 else None,
             lambda src: _decode_clips(src, cfg, rng, report),
             # Clips of one sample are spread by a buffer of decoded clips; with one clip per sample the
             # sample buffer already did the shuffling, and filling this one would only delay the first batch.
-            wds.shuffle(cfg.clip_buffer, initial=cfg.clip_buffer, rng=rng)
+            wds.shuffle(cfg.clip_buffer, initial=min(cfg.clip_buffer, 2 * spec_k), rng=rng)
             if shuffle and cfg.clip_buffer > 1 and spec_k > 1 else None,
             wds.batched(cfg.batch_size, collation_fn=_collate, partial=True),
             lambda src: _attach_reports(src, report),
