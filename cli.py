@@ -372,11 +372,11 @@ def bench_loader_cmd(
     size: int = typer.Option(None, help="Output side in pixels (default 224)."),
     workers: int = typer.Option(None, help="DataLoader workers, the same for every row (default 2)."),
     batch_size: int = typer.Option(None, help="Clips per batch (default 8)."),
-    clips: int = typer.Option(None, help="Clips timed per row, start-up included (default 48)."),
+    clips: int = typer.Option(None, help="Clips timed per row, once every worker delivered (default 48)."),
     clips_per_sample: int = typer.Option(None, "--clips-per-sample",
                                          help="K of the clips-per-sample row; 1 skips it (default 4)."),
-    repeats: int = typer.Option(None, help="Measure the rows this many times, interleaved; keep each best "
-                                "(default 2)."),
+    repeats: int = typer.Option(None, help="Measure the rows this many times, interleaved; report each "
+                                "row's median (default 3)."),
     workdir: str = typer.Option(None, help="Folder for generated inputs, reused when present (default: a "
                                 "temporary folder)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),

@@ -109,6 +109,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from .model import ATTN_IMPLS, PRESETS  # here, so `vidshard --help` does not import torch
 
+        object.__setattr__(self, "crop_scale", tuple(self.crop_scale))  # TOML and JSON give lists
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.model not in PRESETS:
@@ -221,7 +222,8 @@ def build_config(cls: type, config_file: str | Path | None, options: dict[str, A
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{config_file}: unknown option(s) {unknown}; known: {sorted(known)}")
+        where = f"{config_file}: " if config_file else ""
+        raise ValueError(f"{where}unknown option(s) {unknown}; known: {sorted(known)}")
     if "data" in known and not values.get("data"):
         raise ValueError("no shard set given: pass SHARDSET or set data = \"...\" in the --config file")
     return cls(**values)
