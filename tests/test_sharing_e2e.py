@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import re
 import select
 import shutil
@@ -107,6 +108,19 @@ def test_corrupt_shard_is_caught_by_verify_and_never_trained_on(served, tmp_path
     assert shard_gets(log)[before:].count(bad.name) == 2  # fetched again after the first corrupt download
     for p in (tmp_path / "cache").rglob("*.tar"):  # nothing corrupt was kept
         assert hashlib.sha256(p.read_bytes()).hexdigest() == p.stem
+
+
+def test_vidshard_train_over_loopback_reuses_the_cache_in_a_later_run(served, tmp_path):
+    folder, url, log = served
+    m = Manifest.load(folder)
+    cmd = [*CLI, "train", url, "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "6",
+           "--frames", "4", "--stride", "1", "--size", "32", "--workers", "0", "--device", "cpu", "--quiet"]
+    for run_no in (1, 2):
+        proc = subprocess.run([*cmd, "--out", str(tmp_path / f"run{run_no}")], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "3 steps" in proc.stdout  # 18 samples at batch 6
+        assert sorted(shard_gets(log)) == sorted(s.name for s in m.shards)  # once, in the first run only
 
 
 def test_served_process_refuses_paths_outside_the_set(served):
