@@ -74,7 +74,9 @@ def decode_frames(stream: av.video.stream.VideoStream, packets: list[av.Packet],
     Raises :class:`CorruptSample` when nothing decodes.
     """
     ctx = stream.codec_context
-    if threads != 1:
+    if threads == 1:
+        ctx.thread_count = 1  # PyAV's default is FFmpeg's automatic count, a pool per sample
+    else:
         ctx.thread_type = "AUTO"
         ctx.thread_count = threads
     order = sorted(p.pts for p in packets)
