@@ -12,6 +12,7 @@ re-read when ``manifest.json`` changes, so a set can be served while it grows.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -126,8 +127,11 @@ def serve(cfg: ServeConfig) -> None:
     manifest = Manifest.load(cfg.shardset)
     print(f"Serving {cfg.shardset} ({len(manifest.shards)} shards, {manifest.num_samples} samples) "
           f"read-only at {url_of(server)}", flush=True)
-    if cfg.host == "127.0.0.1":
+    if cfg.host in ("127.0.0.1", "localhost", "::1"):
         print("Only this machine can connect; pass --host 0.0.0.0 to serve other machines.", flush=True)
+    elif cfg.host in ("0.0.0.0", "::"):
+        print(f"Other machines: vidshard train http://{socket.gethostname()}:{server.server_port}/ "
+              "--cache-dir DIR (no authentication: serve on a trusted network only)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
