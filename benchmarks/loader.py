@@ -98,10 +98,13 @@ def list_videos(raw: str | Path) -> list[Path]:
     return found
 
 
-def raw_clip(path: Path, spec: ClipSpec, size: int, rng: random.Random) -> torch.Tensor:
+def raw_clip(path: Path, spec: ClipSpec, size: int, rng: random.Random, threads: int = 1) -> torch.Tensor:
     """The conventional way: seek in the original, decode full-size RGB, crop and resize in torch."""
     with av.open(str(path)) as c:
         s = c.streams.video[0]
+        s.codec_context.thread_count = threads  # the loader's setting, for a fair race
+        if threads != 1:
+            s.codec_context.thread_type = "AUTO"
         fps, tb, t0 = float(s.average_rate), float(s.time_base), s.start_time or 0
         n = s.frames or int((c.duration or 0) / 1e6 * fps)
         (start,) = dense_starts(n, spec.frames, spec.stride, 1, rng)
@@ -127,23 +130,26 @@ def raw_clip(path: Path, spec: ClipSpec, size: int, rng: random.Random) -> torch
 class RawClips(IterableDataset):
     """Endless random clips from raw videos, batched, in each worker."""
 
-    def __init__(self, paths: list[Path], spec: ClipSpec, size: int, batch_size: int, seed: int) -> None:
+    def __init__(self, paths: list[Path], spec: ClipSpec, size: int, batch_size: int, seed: int,
+                 threads: int = 1) -> None:
         super().__init__()
         self.paths, self.spec, self.size, self.batch_size, self.seed = paths, spec, size, batch_size, seed
+        self.threads = threads
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         rng = _worker_rng(self.seed, "raw")
         while True:
             paths = [rng.choice(self.paths) for _ in range(self.batch_size)]
-            yield torch.stack([raw_clip(p, self.spec, self.size, rng) for p in paths])  # (B, C, T, H, W)
+            clips = [raw_clip(p, self.spec, self.size, rng, self.threads) for p in paths]
+            yield torch.stack(clips)  # (B, C, T, H, W)
 
 
 class DecodeOnly(IterableDataset):
     """Endless: decode exactly one clip's frames per shard-set sample, and nothing else."""
 
-    def __init__(self, urls: list[str], spec: ClipSpec, seed: int) -> None:
+    def __init__(self, urls: list[str], spec: ClipSpec, seed: int, threads: int = 1) -> None:
         super().__init__()
-        self.urls, self.spec, self.seed = urls, spec, seed
+        self.urls, self.spec, self.seed, self.threads = urls, spec, seed, threads
 
     def __iter__(self) -> Iterator[int]:
         import webdataset as wds
@@ -160,7 +166,7 @@ class DecodeOnly(IterableDataset):
                     stream, packets = demux(c)
                     w, h = stream.codec_context.width, stream.codec_context.height
                     (views,) = plan_sample(len(packets), w, h, self.spec, rng)
-                    decode_frames(stream, packets, views[0].indices)
+                    decode_frames(stream, packets, views[0].indices, self.threads)
                 yield 1
 
 
@@ -234,13 +240,14 @@ def run_bench(cfg: LoaderBenchConfig, console: Any = None) -> dict[str, Any]:
     spec = LoaderConfig(**base).clip_spec()
     urls = resolve(shardset).urls
     keys = lambda b: len(b["key"])  # noqa: E731
-    raw_clips = RawClips(videos, spec, cfg.size, cfg.batch_size, cfg.seed)
+    threads = LoaderConfig(**base).threads()  # decoder threads per worker, the same in every row
+    raw_clips = RawClips(videos, spec, cfg.size, cfg.batch_size, cfg.seed, threads)
     w, n, t = max(1, cfg.workers), cfg.clips, cfg.max_seconds
     runs = {
         "raw videos (conventional)": lambda: _time(_dl(raw_clips, cfg.workers), n, t, w),
         "shard loader": lambda: _time(_loader_epochs(LoaderConfig(**base)), n, t, w, keys),
-        "decode-only limit": lambda: _time(_dl(DecodeOnly(urls, spec, cfg.seed), cfg.workers), n, t, w,
-                                           lambda b: b),
+        "decode-only limit": lambda: _time(_dl(DecodeOnly(urls, spec, cfg.seed, threads), cfg.workers), n, t,
+                                           w, lambda b: b),
     }
     if cfg.clips_per_sample > 1:
         kcfg = LoaderConfig(**base, clips_per_sample=cfg.clips_per_sample)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -90,8 +91,9 @@ class LoaderConfig:
     """Seed of every random choice; the order is a pure function of (seed, epoch)."""
     drop_last: bool = True
     """Drop each rank's last partial batch."""
-    decoder_threads: int = 1
-    """Decoder threads per worker (1 = none, 0 = FFmpeg's choice); helps only with spare cores."""
+    decoder_threads: int | None = None
+    """Decoder threads per worker process (0 = FFmpeg's choice). None: the cores left per worker, so
+    threads are used only when there are fewer workers than cores (1 thread with a worker per core)."""
     interpolation: str = "bilinear"
     """swscale filter for the fused crop and resize: bilinear, area, bicubic or fast_bilinear."""
     cache_dir: str | None = None
@@ -108,9 +110,15 @@ class LoaderConfig:
                      "spatial_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if min(self.workers, self.shuffle_buffer, self.clip_buffer, self.decoder_threads) < 0:
+        if min(self.workers, self.shuffle_buffer, self.clip_buffer, self.decoder_threads or 0) < 0:
             raise ValueError("workers, shuffle_buffer, clip_buffer and decoder_threads must be >= 0")
         self.clip_spec()  # validates scale and ratio
+
+    def threads(self) -> int:
+        """Decoder threads each worker uses (see ``decoder_threads``)."""
+        if self.decoder_threads is not None:
+            return self.decoder_threads
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
 
     def clip_spec(self) -> ClipSpec:
         return ClipSpec(frames=self.frames, stride=self.stride, sampling=self.sampling, train=self.train,
@@ -232,7 +240,7 @@ def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
                 raise ValueError(f"no video member (one of {VIDEO_EXTS})")
             label = read_label(sample)
             clips = decode_sample(sample[ext], lambda n, w, h: plan_sample(n, w, h, spec, rng), cfg.size,
-                                  cfg.decoder_threads, cfg.interpolation)
+                                  cfg.threads(), cfg.interpolation)
         except Exception as exn:  # any failure of one sample must not end the epoch
             log.warning("skipping corrupt sample %s in %s: %s", key, sample.get("__url__", "?"), exn)
             report.items.append((key, f"{type(exn).__name__}: {exn}"[:300]))

@@ -29,11 +29,13 @@ def _numbers(clip: np.ndarray) -> list[int]:
     return [read_counter(clip[0, t, clip.shape[2] // 2], clip.shape[3]) for t in range(clip.shape[1])]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("start,stride", [(0, 1), (5, 4), (30, 13), (3, 40), (100, 2)])
-def test_decoded_frames_are_the_planned_ones_in_order(counter_mp4: bytes, start: int, stride: int) -> None:
+def test_decoded_frames_are_the_planned_ones_in_order(counter_mp4: bytes, start: int, stride: int,
+                                                      threads: int) -> None:
     idx = tuple(min(119, start + i * stride) for i in range(6))
     plan = [[ClipPlan(idx, Box(0, 0, SIDE, SIDE), False)]]
-    (clip,) = decode_sample(counter_mp4, lambda n, w, h: plan, SIDE)
+    (clip,) = decode_sample(counter_mp4, lambda n, w, h: plan, SIDE, threads)
     assert clip.shape == (1, 3, 6, SIDE, SIDE) and clip.dtype == np.uint8
     assert _numbers(clip[0]) == list(idx)
 
