@@ -231,7 +231,10 @@ def make_inputs(workdir: Path, console: Any = None) -> tuple[Path, Path]:
 def run_bench(cfg: LoaderBenchConfig, console: Any = None) -> dict[str, Any]:
     """Measure every row in this process's run; returns the figures (also what ``--json`` writes)."""
     workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="vidshard-bench-loader-"))
-    if cfg.shardset is None or cfg.raw is None:
+    if (cfg.shardset is None) != (cfg.raw is None):
+        raise ValueError("give both SHARDSET and --raw (the raw videos it was made from), or neither to "
+                         "generate both")
+    if cfg.shardset is None:
         raw, shards = make_inputs(workdir, console)
     shardset = cfg.shardset or str(shards)
     videos = list_videos(cfg.raw or raw)
