@@ -100,3 +100,9 @@ def test_truncated_video_never_crashes_otherwise(counter_mp4: bytes) -> None:
         except (CorruptSample, av.FFmpegError):
             continue
         assert clips[0].shape == (1, 3, 4, 32, 32)
+
+
+def test_uniform_clip_spreads_over_the_sample_in_order(counter_mp4: bytes) -> None:
+    spec = ClipSpec(frames=8, sampling="uniform", train=False)
+    (clip,) = decode_sample(counter_mp4, lambda n, w, h: plan_sample(n, w, h, spec, random.Random(0)), SIDE)
+    assert _numbers(clip[0]) == [int(15 * (i + 0.5)) for i in range(8)]  # 120 frames, 8 segments of 15

@@ -164,9 +164,13 @@ def test_sources_folder_manifest_pattern_pipe(shard_set: Path) -> None:
         resolve(shard_set / "nope")
 
 
-def test_http_prefix(shard_set: Path) -> None:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shard_set))
-    handler.log_message = lambda *a: None
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_http_prefix_streamed_and_cached(shard_set: Path, tmp_path: Path) -> None:
+    handler = functools.partial(_QuietHandler, directory=str(shard_set))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -174,6 +178,11 @@ def test_http_prefix(shard_set: Path) -> None:
         assert resolve(url).urls[0] == url + "/train-000000.tar"
         loader, batches = _epoch(_cfg(url, workers=1, drop_last=False))
         assert len(batches) == len(loader) == 7 and loader.stats.skipped == 0
+        cache = tmp_path / "cache"
+        cfg = _cfg(url + "/manifest.json", workers=1, drop_last=False, cache_dir=str(cache))
+        loader, batches = _epoch(cfg)
+        assert len(batches) == len(loader) == 7 and loader.stats.skipped == 0
+        assert len(list(cache.rglob("*.tar"))) == len(COUNTS)  # every shard fetched once into the cache
     finally:
         server.shutdown()
 
