@@ -99,7 +99,8 @@ def transcode_spec(cfg: PreprocessConfig, item: InputItem, start: float, duratio
     segment = item.start_s is not None or item.end_s is not None
     return TranscodeSpec(short_side=cfg.short_side, crf=cfg.crf, gop=cfg.gop, preset=cfg.preset, fps=cfg.fps,
                          keep_audio=cfg.keep_audio, start_s=start if segment else None,
-                         duration_s=duration if segment else None, split_s=split_points(bounds))
+                         duration_s=duration if segment else None,
+                         split_s=split_points(bounds, None if segment else cfg.chunk_seconds))
 
 
 def _encode_into(job: EncodeJob, cfg: PreprocessConfig, tmp: Path) -> dict[str, Any]:

@@ -38,9 +38,18 @@ def chunk_bounds(duration_s: float, chunk_s: float, min_chunk_s: float) -> list[
     return [(round(a, 6), round(b, 6)) for a, b in zip(starts, ends, strict=True)]
 
 
-def split_points(bounds: list[tuple[float, float]]) -> tuple[float, ...]:
-    """Where the encoder must cut: every chunk start but the first."""
-    return tuple(start for start, _ in bounds[1:])
+def split_points(bounds: list[tuple[float, float]], overrun_s: float | None = None) -> tuple[float, ...]:
+    """Where the encoder must cut: every chunk start but the first.
+
+    With ``overrun_s`` (the chunk length) the cuts go on past the planned end, as many again
+    (at least 10), in case the source is longer than its header says: the extra time then
+    becomes chunks instead of one long last chunk. A cut past the real end does nothing.
+    """
+    cuts = [start for start, _ in bounds[1:]]
+    if overrun_s and bounds:
+        end = bounds[-1][1]
+        cuts += [round(end + k * overrun_s, 6) for k in range(1, max(10, len(bounds)) + 1)]
+    return tuple(cuts)
 
 
 def output_size(width: int, height: int, sar: Fraction | float, rotation: int,

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import av
 
-# Demuxers that read single still images (a .jpg is not a video).
-_IMAGE_FORMATS = ("image2", "_pipe", "gif", "webp", "apng")
+# Demuxers of single still images (a .jpg is not a video), and of images that may be animated.
+_STILL_FORMATS = ("image2", "_pipe")
+_ANIMATED_FORMATS = ("gif", "webp", "apng")
 _MAX_FPS = 1000.0
 
 
@@ -87,9 +88,10 @@ def _probe_open(container: av.container.InputContainer, size: int) -> ProbeInfo:
     if not videos:
         raise ProbeError("audio-only file: it has no video stream" if has_audio
                          else "no video stream in the file")
-    if any(tag in fmt for tag in _IMAGE_FORMATS):
-        raise ProbeError(f"a still image ({fmt}), not a video")
     stream = videos[0]
+    if any(tag in fmt for tag in _STILL_FORMATS) or (
+            fmt in _ANIMATED_FORMATS and not _has_two_frames(container, stream)):
+        raise ProbeError(f"a still image ({fmt}), not a video")
     frame = _first_frame(container, stream)
     fps = _frame_rate(stream)
     duration = _duration(container, stream)
@@ -99,6 +101,13 @@ def _probe_open(container: av.container.InputContainer, size: int) -> ProbeInfo:
         sar=Fraction(sar) if sar > 0 else Fraction(1), rotation=int(getattr(frame, "rotation", 0) or 0) % 360,
         codec=stream.codec_context.name, container=fmt, has_audio=has_audio, bytes=size,
     )
+
+
+def _has_two_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
+    packets = (p for p in container.demux(stream) if p.size)
+    two = next(packets, None) is not None and next(packets, None) is not None
+    container.seek(0, any_frame=True)
+    return two
 
 
 def _is_attached_picture(stream: av.video.stream.VideoStream) -> bool:

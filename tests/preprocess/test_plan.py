@@ -46,6 +46,8 @@ def test_chunk_tail_rules() -> None:
     assert chunk_bounds(30.0, 10.0, 2.0) == [(0, 10), (10, 20), (20, 30)]
     assert chunk_bounds(0.0, 10.0, 2.0) == []
     assert split_points([(0, 10), (10, 20), (20, 25)]) == (10, 20)
+    overrun = split_points([(0, 10), (10, 21)], overrun_s=10.0)  # a header may understate the length
+    assert overrun[:3] == (10, 31, 41) and len(overrun) == 11
 
 
 @pytest.mark.parametrize("w,h,sar,rot,expect", [
