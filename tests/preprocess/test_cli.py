@@ -9,7 +9,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 from vidshard.benchmarks.preprocess import BenchConfig, bench_preprocess
 from vidshard.cli import app
-from vidshard.demo import DemoConfig, run_demo
+from vidshard.demo import DemoConfig, make_samples, preprocess_config
+from vidshard.preprocess.run import preprocess
 from vidshard.shards.schema import Manifest
 
 runner = CliRunner()
@@ -62,12 +63,16 @@ def test_clear_errors_for_bad_arguments(tmp_path: Path, make_video) -> None:
     assert changed.exit_code == 2 and "other settings" in changed.output
 
 
-def test_demo_makes_a_labeled_shard_set(tmp_path: Path) -> None:
+def test_demo_steps_make_a_labeled_shard_set(tmp_path: Path) -> None:
+    """Steps 1 and 2 of the demo (the training steps after them are tested in tests/train)."""
     cfg = DemoConfig(out_dir=tmp_path / "demo", videos_per_class=2, seconds=2.0, workers=2)
-    result = run_demo(cfg, console=Console(quiet=True))
-    manifest = Manifest.load(result.shards)
+    files = make_samples(cfg.out_dir / "videos", cfg)
+    assert len(files) == 5 and len({f.suffix for f in files}) >= 2
+    pp = preprocess_config(cfg)
+    preprocess(pp, console=Console(quiet=True))
+    manifest = Manifest.load(pp.output)
     assert manifest.classes == ["left", "right"] and manifest.totals["videos"] == 4
-    failures = [json.loads(line) for line in (result.shards / "failures.jsonl").read_text().splitlines()]
+    failures = [json.loads(line) for line in (pp.output / "failures.jsonl").read_text().splitlines()]
     assert [f["path"] for f in failures] == ["right/broken_download.mp4"]
 
 
