@@ -72,9 +72,10 @@ def preprocess(cfg: PreprocessConfig, console: Console | None = None) -> Preproc
     console = console or Console(stderr=True, quiet=False)
     t0 = time.monotonic()
     items, names = select_inputs(cfg)
-    cfg.output.mkdir(parents=True, exist_ok=True)
+    if not cfg.dry_run:
+        cfg.output.mkdir(parents=True, exist_ok=True)
     store = OutputStore(cfg.output, cfg.settings(), part_prefix(cfg.prefix, cfg.part), cfg.shard_size)
-    store.recover()
+    store.load() if cfg.dry_run else store.recover()
     classes = class_list(names, store.classes)
     if cfg.retry_failed:
         todo = [it for it in items if not store.is_done(it.vid)]

@@ -51,6 +51,10 @@ class SettingsMismatch(ValueError):
     """OUTPUT already holds a shard set made with other settings."""
 
 
+class NotOurOutput(ValueError):
+    """OUTPUT holds shards that no preprocess journal accounts for."""
+
+
 @dataclass
 class _Open:
     """Samples in the shard being written, not yet listed anywhere."""
@@ -75,19 +79,39 @@ class OutputStore:
         self.failures: dict[str, dict[str, Any]] = {}
         self.classes: list[str] | None = None
         self._writer: ShardWriter | None = None
+        self._journal_good = 0
         self._open = _Open()
 
     # --- recovery -----------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Load what a previous run finished and remove what it left half done."""
+    def load(self) -> None:
+        """Read what earlier runs finished (changes nothing; enough for ``--dry-run``)."""
         self._check_settings()
-        self.staging.mkdir(parents=True, exist_ok=True)
+        journal = self.state / JOURNAL
+        if not journal.is_file() and self.folder.is_dir():
+            stray = sorted(p.name for p in self.folder.iterdir() if parse_shard_name(p.name))
+            if stray:
+                raise NotOurOutput(f"{self.folder} already holds shards ({stray[0]}, ...) but no "
+                                   f"{STATE_DIR}/{JOURNAL}: it was not made by `vidshard preprocess` (or "
+                                   "was merged or copied), and resuming would delete them. Use a new "
+                                   "OUTPUT folder.")
         for entry in self._read_journal():
             if entry["shard"] is not None:
                 self.shards.append(ShardInfo(**entry["shard"]))
             self.packed.update(entry["keys"])
             self.videos.update(entry["videos"])
+        self.failures = _read_jsonl_by(self.folder / FAILURES, "video_id")
+
+    def recover(self) -> None:
+        """:meth:`load`, then remove what an interrupted run left half done."""
+        self.load()
+        self.staging.mkdir(parents=True, exist_ok=True)
+        journal = self.state / JOURNAL
+        if journal.is_file() and journal.stat().st_size != self._journal_good:
+            with open(journal, "r+b") as f:  # cut a line torn by a kill
+                f.truncate(self._journal_good)
+                os.fsync(f.fileno())
+        journal.touch()  # from now on, shards here without a journal line are ours to delete
         listed = {s.name for s in self.shards}
         for p in self.folder.iterdir():
             orphan = parse_shard_name(p.name) is not None and p.name not in listed
@@ -96,7 +120,6 @@ class OutputStore:
         for p in self.staging.iterdir():  # half-encoded, or packed and listed before a kill
             if p.name.endswith(".tmp") or p.name in self.videos:
                 shutil.rmtree(p, ignore_errors=True)
-        self.failures = _read_jsonl_by(self.folder / FAILURES, "video_id")
         self._rewrite_failures()
 
     def _check_settings(self) -> None:
@@ -113,8 +136,9 @@ class OutputStore:
                                    "use the same options to resume / add videos, or a new OUTPUT folder")
 
     def _read_journal(self) -> list[dict[str, Any]]:
-        """Journal entries; a torn last line (killed mid-append) is cut off the file."""
+        """Journal entries up to a torn last line (killed mid-append), whose offset is kept."""
         path = self.state / JOURNAL
+        self._journal_good = 0
         if not path.is_file():
             return []
         data = path.read_bytes()
@@ -130,10 +154,7 @@ class OutputStore:
             shard = entry["shard"]
             if shard is None or (self.folder / shard["name"]).is_file():
                 entries.append(entry)  # (a shard deleted by hand: its videos are encoded again)
-        if good != len(data):
-            with open(path, "r+b") as f:
-                f.truncate(good)
-                os.fsync(f.fileno())
+        self._journal_good = good
         return entries
 
     # --- state queries ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from rich.console import Console
 from vidshard.preprocess.config import PreprocessConfig
 from vidshard.preprocess.ffmpeg import Synth, synth_video
 from vidshard.preprocess.run import preprocess
-from vidshard.preprocess.store import OutputStore, SettingsMismatch
+from vidshard.preprocess.store import NotOurOutput, OutputStore, SettingsMismatch
 from vidshard.shards.schema import Manifest, sample_key, video_id
 
 OPTS = {"chunk_seconds": 1.0, "min_chunk_seconds": 0.5, "short_side": 64, "gop": 8, "shard_size": 1 << 16}
@@ -162,6 +162,15 @@ def test_failures_are_kept_and_retried_only_when_asked(tmp_path: Path) -> None:
     fixed = run(src, out, retry_failed=True)
     assert fixed.encoded == 1 and fixed.total.videos_failed == 0
     assert (out / "failures.jsonl").read_text() == ""
+
+
+def test_a_folder_of_foreign_shards_is_never_touched(tmp_path: Path) -> None:
+    src, out = make_inputs(tmp_path / "in", 1), tmp_path / "out"
+    out.mkdir()
+    (out / "train-000000.tar").write_bytes(b"someone else's shard")  # e.g. a merged or copied set
+    with pytest.raises(NotOurOutput, match="new OUTPUT"):
+        run(src, out)
+    assert (out / "train-000000.tar").read_bytes() == b"someone else's shard"
 
 
 def test_changed_settings_are_refused(tmp_path: Path) -> None:
