@@ -25,10 +25,12 @@ A corrupt sample (bytes that do not decode, a missing video member) is skipped, 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,12 +175,42 @@ class _Report:
         return items
 
 
+SLOTS = 4  # shared batch buffers per worker: the DataLoader's prefetch (2) + the one being filled + spare
+
+
+class _SlotRing:
+    """A worker's reusable shared-memory batch buffers.
+
+    Fresh shared memory costs more (page faults on first write) than a copy, so each worker fills one
+    of ``SLOTS`` buffers, the main process copies the batch out as soon as it arrives and marks the slot
+    free again (``busy[worker, slot]``: 1 while the main process may still read it).
+    """
+
+    def __init__(self, busy: torch.Tensor, worker: int) -> None:
+        self.busy, self.worker = busy, worker
+        self.buffers: dict[int, torch.Tensor] = {}
+
+    def take(self, shape: tuple[int, ...]) -> tuple[tuple[int, int], torch.Tensor]:
+        """A free slot, as (worker, slot) and a ``shape`` tensor (waiting for the main process if needed)."""
+        while True:
+            for slot in range(self.busy.shape[1]):
+                if int(self.busy[self.worker, slot]) == 0:
+                    buf = self.buffers.get(slot)
+                    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+                        buf = self.buffers[slot] = torch.empty(shape, dtype=torch.uint8).share_memory_()
+                    self.busy[self.worker, slot] = 1
+                    return (self.worker, slot), buf[: shape[0]]
+            time.sleep(0.001)
+
+
 class _EpochPipeline(IterableDataset):
     """One rank's epoch as a webdataset pipeline; built inside each DataLoader worker."""
 
-    def __init__(self, cfg: LoaderConfig, source: ShardSource, epoch: int, rank: int, world: int) -> None:
+    def __init__(self, cfg: LoaderConfig, source: ShardSource, epoch: int, rank: int, world: int,
+                 busy: torch.Tensor | None = None) -> None:
         super().__init__()
         self.cfg, self.source, self.epoch, self.rank, self.world = cfg, source, epoch, rank, world
+        self.busy = busy
 
     def _spans(self, worker: int, workers: int) -> list[Span]:
         counts, cfg = self.source.counts, self.cfg
@@ -195,6 +227,7 @@ class _EpochPipeline(IterableDataset):
         rng = random.Random(f"vidshard-clips-{cfg.seed}-{self.epoch}-{self.rank}-{worker}")
         shuffle, spec_k = cfg.train, cfg.clip_spec().clips_per_sample
         spans = self._spans(worker, workers)
+        ring = _SlotRing(self.busy, worker) if info is not None and self.busy is not None else None
         stages = [
             lambda: iter([{"span": s} for s in spans]),
             lambda src: _read_spans(src, self.source, report),
@@ -205,7 +238,7 @@ class _EpochPipeline(IterableDataset):
             # sample buffer already did the shuffling, and filling this one would only delay the first batch.
             wds.shuffle(cfg.clip_buffer, initial=min(cfg.clip_buffer, 2 * spec_k), rng=rng)
             if shuffle and cfg.clip_buffer > 1 and spec_k > 1 else None,
-            wds.batched(cfg.batch_size, collation_fn=_collate, partial=True),
+            wds.batched(cfg.batch_size, collation_fn=functools.partial(_collate, ring=ring), partial=True),
             lambda src: _attach_reports(src, report),
         ]
         return iter(wds.DataPipeline(*stages))
@@ -249,14 +282,16 @@ def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
             yield {"video": clip[0] if cfg.train else clip, "label": label, "key": key}
 
 
-def _collate(clips: list[dict[str, Any]]) -> dict[str, Any]:
+def _collate(clips: list[dict[str, Any]], ring: _SlotRing | None = None) -> dict[str, Any]:
     shape = (len(clips), *clips[0]["video"].shape)  # (B, C, T, H, W) or (B, V, C, T, H, W)
-    video = torch.empty(shape, dtype=torch.uint8)
-    if get_worker_info() is not None:  # in a worker: fill shared memory, so sending it copies nothing
-        video.share_memory_()
+    batch: dict[str, Any] = {}
+    if ring is None:
+        video = torch.empty(shape, dtype=torch.uint8)
+    else:  # in a worker: a reused shared buffer, so sending the batch copies and allocates nothing
+        batch["slot"], video = ring.take(shape)
     np.stack([c["video"] for c in clips], out=video.numpy())
-    return {"video": video, "label": torch.tensor([c["label"] for c in clips], dtype=torch.int64),
-            "key": [c["key"] for c in clips], "valid": torch.ones(len(clips), dtype=torch.bool)}
+    return batch | {"video": video, "label": torch.tensor([c["label"] for c in clips], dtype=torch.int64),
+                    "key": [c["key"] for c in clips], "valid": torch.ones(len(clips), dtype=torch.bool)}
 
 
 def _attach_reports(src: Iterator[dict], report: _Report) -> Iterator[dict[str, Any]]:
@@ -328,6 +363,19 @@ def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None
             yield _slice(whole, start, stop)
 
 
+def _copy_out(pieces: Iterator[dict[str, Any]], busy: torch.Tensor, pin: bool) -> Iterator[dict[str, Any]]:
+    """Copy each worker batch out of its shared slot (into pinned memory with CUDA) and free the slot."""
+    held: dict[tuple[int, int], torch.Tensor] = {}  # keeps slot mappings alive, so reuse maps nothing new
+    for piece in pieces:
+        slot = piece.pop("slot", None)
+        if slot is not None:
+            worker, index = (int(x) for x in slot)
+            held[worker, index] = video = piece["video"]
+            piece["video"] = torch.empty(video.shape, dtype=torch.uint8, pin_memory=pin).copy_(video)
+            busy[worker, index] = 0
+        yield piece
+
+
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None and world_size is not None:
         return rank, world_size
@@ -391,11 +439,13 @@ class ClipLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         cfg = self.cfg
         self.stats = LoaderStats(epoch=self.epoch)
-        pipeline = _EpochPipeline(cfg, self.source, self.epoch, self.rank, self.world_size)
-        pin = torch.cuda.is_available()  # the DataLoader's pin thread pins worker batches off this thread
-        loader = DataLoader(pipeline, batch_size=None, num_workers=cfg.workers, pin_memory=pin,
+        busy = torch.zeros((max(1, cfg.workers), SLOTS), dtype=torch.uint8).share_memory_()
+        pipeline = _EpochPipeline(cfg, self.source, self.epoch, self.rank, self.world_size, busy)
+        pin = torch.cuda.is_available()
+        loader = DataLoader(pipeline, batch_size=None, num_workers=cfg.workers,
                             prefetch_factor=2 if cfg.workers else None)
-        for batch in rebatch(iter(loader), cfg.batch_size, self.clip_quota, cfg.drop_last, self.stats):
+        pieces = _copy_out(iter(loader), busy, pin)
+        for batch in rebatch(pieces, cfg.batch_size, self.clip_quota, cfg.drop_last, self.stats):
             self.stats.batches += 1
             self.stats.clips += len(batch["key"])
             if pin and not batch["video"].is_pinned():  # only batches merged from pieces
