@@ -214,8 +214,10 @@ class OutputStore:
     def finish(self) -> None:
         """Finish the open shard and write the final manifest."""
         if self._writer is not None:
-            self._commit(self._writer.close())
+            info = self._writer.close()
             self._writer = None
+            if info is not None or self._open.videos:
+                self._commit(info)
         self.write_manifest()
         if not any(self.staging.iterdir()):
             self.staging.rmdir()
