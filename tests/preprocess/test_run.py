@@ -183,3 +183,26 @@ def test_a_worker_dying_fails_only_its_own_file(tmp_path: Path, make_video, monk
     assert result.total.videos_ok == 3
     assert [f["path"] for f in result.failures] == ["crash.mp4"]
     assert "worker process died" in result.failures[0]["reason"]
+
+
+def test_one_ffmpeg_process_per_video_with_audio_and_fps_options(tmp_path: Path, make_video,
+                                                                  monkeypatch) -> None:
+    import vidshard.preprocess.encode as encode
+    from vidshard.preprocess.encode import EncodeJob, encode_video, read_staged
+    from vidshard.preprocess.inputs import list_inputs
+
+    calls = []
+    real = encode.transcode
+    monkeypatch.setattr(encode, "transcode", lambda *a, **k: calls.append(a) or real(*a, **k))
+    make_video("in/talk.mkv", seconds=3.1, fps=30, audio=True, width=160, height=120)
+    cfg = PreprocessConfig(input=tmp_path / "in", output=tmp_path / "out", chunk_seconds=1.0, short_side=64,
+                           fps=12.5, keep_audio=True)
+    (item,) = list_inputs(cfg.input)
+    out = encode_video(EncodeJob(item=item, label=None, staging=tmp_path / "staging"), cfg)
+    assert out.reason is None and len(calls) == 1  # decoded once for all the chunks
+    metas = read_staged(out.staged)["samples"]
+    assert len(metas) == 3  # 1 s, 1 s, 1.1 s: the 0.1 s tail (< 1 s / 5) joins the chunk before
+    for m in metas:
+        with av.open(str(out.staged / f"{m['chunk']:05d}.mp4")) as c:
+            assert len(c.streams.audio) == 1 and c.streams.video[0].average_rate == 12.5
+    assert abs(sum(m["frames"] for m in metas) - 3.1 * 12.5) <= 1
