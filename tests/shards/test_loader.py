@@ -20,9 +20,10 @@ SIDE, FRAMES = 64, 40
 COUNTS = [5, 3, 7, 2, 4]  # 21 samples in uneven shards: ranks of a 2-way split get 11 and 10
 
 
-def build_shard_set(folder: Path, counts: list[int], mp4: bytes, corrupt: frozenset[int] = frozenset(),
-                    classes: int = 3) -> Manifest:
-    """Shards with ``counts[i]`` samples; sample numbers in ``corrupt`` get garbage instead of video."""
+def build_shard_set(folder: Path, counts: list[int], mp4: bytes | list[bytes],
+                    corrupt: frozenset[int] = frozenset(), classes: int = 3) -> Manifest:
+    """Shards with ``counts[i]`` samples; sample numbers in ``corrupt`` get garbage instead of video.
+    ``mp4``: one video for every sample, or one per sample."""
     infos, n = [], 0
     for index, count in enumerate(counts):
         w = ShardWriter(folder, start_index=index)
@@ -30,7 +31,8 @@ def build_shard_set(folder: Path, counts: list[int], mp4: bytes, corrupt: frozen
             meta = SampleMeta(video=f"v{n}.mp4", video_id=video_id(f"v{n}.mp4"), chunk=0, start_s=0.0,
                               end_s=FRAMES / 25, frames=FRAMES, fps=25.0, width=SIDE, height=SIDE,
                               label=n % classes, label_name=f"c{n % classes}")
-            w.write(sample_members(meta, b"\x00garbage" * 50 if n in corrupt else mp4))
+            video = mp4[n] if isinstance(mp4, list) else mp4
+            w.write(sample_members(meta, b"\x00garbage" * 50 if n in corrupt else video))
             n += 1
         infos.append(w.close())
     manifest = Manifest(settings={}, shards=infos, classes=[f"c{i}" for i in range(classes)])
@@ -253,3 +255,22 @@ def test_raw_baseline_clip_is_the_asked_frames(tmp_path: Path) -> None:
     nums = [read_counter(clip[0, t, SIDE // 2].tolist(), SIDE) for t in range(5)]
     assert clip.shape == (3, 5, SIDE, SIDE)
     assert [b - a for a, b in zip(nums, nums[1:], strict=False)] == [3] * 4
+
+
+def test_reused_worker_buffers_never_overwrite_a_delivered_batch(tmp_path: Path) -> None:
+    # Samples of different lengths, so each centre clip shows other frame numbers. Batches of 1 from 2
+    # workers cycle each worker's shared slots several times; every batch kept must still hold what an
+    # in-process (workers=0) evaluation pass decodes for the same key.
+    specs = [Synth(seconds=(20 + 8 * n) / 25, fps=25, width=SIDE, height=SIDE, pattern="counter", gop=8)
+             for n in range(12)]
+    mp4s = [synth_video(tmp_path / f"c{n}.mp4", spec).read_bytes() for n, spec in enumerate(specs)]
+    build_shard_set(tmp_path / "set", [6, 6], mp4s)
+
+    def clips(workers: int) -> dict[str, torch.Tensor]:
+        cfg = _cfg(tmp_path / "set", train=False, batch_size=1, workers=workers, drop_last=False, size=SIDE)
+        return {b["key"][0]: b["video"][0] for b in _epoch(cfg)[1]}
+
+    shared, local = clips(2), clips(0)
+    assert set(shared) == set(local) and len(shared) == 12
+    assert len({read_counter(v[0, 0, 0, SIDE // 2].tolist(), SIDE) for v in local.values()}) == 12
+    assert all(torch.equal(shared[k], local[k]) for k in local)
