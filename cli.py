@@ -78,6 +78,9 @@ def preprocess_cmd(
     except (ValueError, InputError, SettingsMismatch, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished videos are kept; run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
     if not dry_run:
         raise typer.Exit(result.exit_code(strict))
 

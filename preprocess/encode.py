@@ -55,10 +55,16 @@ class EncodeOutcome:
     """Why the input could not be used, on failure."""
     seconds: float = 0.0
     """Seconds of source video covered (for progress)."""
+    stopped: bool = False
+    """ffmpeg was stopped from outside: not the file's fault, so not a failure; a re-run retries it."""
 
 
 class EncodeFailure(Exception):
     """One input cannot be used; ``str(e)`` is the reason for ``failures.jsonl``."""
+
+
+class Stopped(Exception):
+    """The encode was stopped from outside (a signal); the input itself may be fine."""
 
 
 def encode_video(job: EncodeJob, cfg: PreprocessConfig) -> EncodeOutcome:
@@ -71,6 +77,8 @@ def encode_video(job: EncodeJob, cfg: PreprocessConfig) -> EncodeOutcome:
         meta = _encode_into(job, cfg, tmp)
     except (EncodeFailure, ProbeError) as e:
         return EncodeOutcome(item=job.item, reason=str(e))
+    except Stopped as e:
+        return EncodeOutcome(item=job.item, reason=str(e), stopped=True)
     except Exception as e:  # a bug or an unforeseen input must not stop the run
         return EncodeOutcome(item=job.item, reason=f"unexpected error ({type(e).__name__}: {e})")
     finally:
@@ -113,6 +121,8 @@ def _encode_into(job: EncodeJob, cfg: PreprocessConfig, tmp: Path) -> dict[str, 
     try:
         files, errors = transcode(item.path, tmp, spec, timeout=120 + 20 * duration)
     except FFmpegError as e:
+        if e.stopped:
+            raise Stopped("ffmpeg was stopped by a signal") from None
         last = e.stderr_tail.strip().splitlines()[-1:] or [str(e).splitlines()[0]]
         raise EncodeFailure(f"ffmpeg could not decode the video: {last[0]}") from None
     chunks = [_chunk_facts(f, cfg.short_side) for f in files]

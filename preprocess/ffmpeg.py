@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,18 @@ import ffmpeg
 class FFmpegError(RuntimeError):
     """ffmpeg exited non-zero; ``stderr_tail`` holds its last lines."""
 
-    def __init__(self, message: str, stderr_tail: str = "") -> None:
+    def __init__(self, message: str, stderr_tail: str = "", returncode: int | None = None) -> None:
         super().__init__(message + (f"\n{stderr_tail}" if stderr_tail else ""))
         self.stderr_tail = stderr_tail
+        self.returncode = returncode
+
+    @property
+    def stopped(self) -> bool:
+        """ffmpeg was stopped from outside (SIGINT, SIGTERM, SIGHUP, SIGKILL: a user, a job
+        scheduler, the out-of-memory killer), which says nothing about the input file."""
+        rc = self.returncode
+        return rc is not None and (rc == 255 or -rc in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                                        signal.SIGKILL))
 
 
 @functools.cache
@@ -48,7 +58,7 @@ def run(args: list[str], timeout: float | None = None) -> subprocess.CompletedPr
         raise FFmpegError(f"ffmpeg took longer than {timeout:.0f} s") from None
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.decode("utf-8", "replace").strip().splitlines()[-8:])
-        raise FFmpegError(f"ffmpeg exited with code {proc.returncode}", tail)
+        raise FFmpegError(f"ffmpeg exited with code {proc.returncode}", tail, proc.returncode)
     return proc
 
 

@@ -40,6 +40,8 @@ class PreprocessResult:
     """Inputs left alone because an earlier run finished (or failed) them."""
     resumed: int = 0
     """Videos an interrupted run had encoded (staged): packed now, not encoded again."""
+    stopped: int = 0
+    """Videos whose ffmpeg was stopped by a signal (not recorded as failed; a re-run retries them)."""
     failures: list[dict] = field(default_factory=list)
     """``failures.jsonl`` records added by this run."""
 
@@ -49,8 +51,9 @@ class PreprocessResult:
         return self.run.videos_ok - self.resumed
 
     def exit_code(self, strict: bool = False) -> int:
-        """0 when the shard set holds at least one video (and, with ``strict``, nothing failed)."""
-        if self.total.videos_ok == 0:
+        """0 when the shard set holds at least one video (and, with ``strict``, nothing failed);
+        1 also when some encode was stopped from outside, so a job script knows to run again."""
+        if self.total.videos_ok == 0 or self.stopped:
             return 1
         return 1 if strict and self.total.videos_failed else 0
 
@@ -127,6 +130,7 @@ class _Tally:
 
     ok: int = 0
     resumed: int = 0
+    stopped: int = 0
     seconds: float = 0.0
     samples: int = 0
     bytes_in: int = 0
@@ -141,7 +145,11 @@ def _handle(out: EncodeOutcome, store: OutputStore, tally: _Tally,
     if out.staged is None and "No space left on device" in (out.reason or ""):
         raise OSError(errno.ENOSPC, f"disk full while encoding {item.display} into {store.staging}; "
                       "free some space and run the same command again (finished work is kept)")
-    if out.staged is None:
+    if out.stopped:  # not the file's fault: no failure record, the next run tries it again
+        tally.stopped += 1
+        console.print(f"stopped: {item.display}: {out.reason}; run again to finish it", markup=False,
+                      highlight=False, soft_wrap=True)
+    elif out.staged is None:
         segment = {} if item.start_s is None and item.end_s is None else {"start": item.start_s,
                                                                           "end": item.end_s}
         rec = failure_record(item.rel, out.reason or "unknown error", video_id=item.vid, **segment)
@@ -172,7 +180,7 @@ def _result(cfg: PreprocessConfig, store: OutputStore, t: _Tally, t0: float,
         shards=len(store.shards), bytes_in=sum(v["bytes_in"] for v in store.videos.values()),
         bytes_out=sum(s.bytes for s in store.shards))
     return PreprocessResult(output=cfg.output, run=figures, total=total, skipped=skipped, resumed=t.resumed,
-                            failures=t.failures)
+                            stopped=t.stopped, failures=t.failures)
 
 
 def _show_summary(cfg: PreprocessConfig, result: PreprocessResult, console: Console) -> None:

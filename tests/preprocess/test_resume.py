@@ -193,3 +193,25 @@ def test_part_runs_hold_exactly_the_samples_of_one_run(tmp_path: Path) -> None:
         assert all(s.name.startswith(f"train-p{i:02d}of03-") for s in manifest.shards)
         union += listed_keys(out)
     assert sorted(union) == sorted(single) and len(single) == 6
+
+
+def test_an_encode_stopped_by_a_signal_is_retried_not_failed(tmp_path: Path, monkeypatch) -> None:
+    import vidshard.preprocess.encode as encode
+    from vidshard.preprocess.ffmpeg import FFmpegError
+
+    src, out = make_inputs(tmp_path / "in", 2), tmp_path / "out"
+    real = encode.transcode
+
+    def killed_for_v01(src_path, *a, **k):  # e.g. the out-of-memory killer picked this ffmpeg
+        if "v01" in str(src_path):
+            raise FFmpegError("ffmpeg exited with code -9", "", -9)
+        return real(src_path, *a, **k)
+
+    monkeypatch.setattr(encode, "transcode", killed_for_v01)
+    first = run(src, out)
+    assert first.stopped == 1 and first.total.videos_ok == 1 and first.total.videos_failed == 0
+    assert first.exit_code() == 1  # tells a job script to run again
+    monkeypatch.undo()
+    second = run(src, out)
+    assert second.encoded == 1 and second.exit_code() == 0
+    assert set(check_consistent(out)) == expected_keys(src)
