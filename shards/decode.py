@@ -164,13 +164,15 @@ def crop_resize(frames: list[VideoFrame], box: Box, size: int, flip: bool = Fals
 PlanFn = Callable[[int, int, int], list[list[ClipPlan]]]
 
 
-def decode_sample(data: bytes, plan: PlanFn, size: int, threads: int = 1,
-                  interpolation: str = "bilinear") -> list[np.ndarray]:
-    """Decode one sample once and cut all its clips.
+DecodedClip = list[tuple[ClipPlan, list[VideoFrame]]]  # the views of one clip, each with its T frames
+
+
+def decode_views(data: bytes, plan: PlanFn, threads: int = 1) -> list[DecodedClip]:
+    """Decode one sample once; return each planned clip's views with their frames (not yet converted).
 
     ``plan(num_frames, width, height)`` returns the clips (each a list of views, see
-    :func:`~vidshard.shards.sampling.plan_sample`). Returns one uint8 array ``(V, C, T, size, size)``
-    per clip. Raises :class:`CorruptSample` (or an ``av`` error) when the bytes do not decode.
+    :func:`~vidshard.shards.sampling.plan_sample`). Raises :class:`CorruptSample` (or an ``av`` error)
+    when the bytes do not decode.
     """
     try:
         container = av.open(io.BytesIO(data), mode="r")
@@ -178,18 +180,24 @@ def decode_sample(data: bytes, plan: PlanFn, size: int, threads: int = 1,
         raise CorruptSample(f"not a readable video ({exn})") from None
     with container:
         stream, packets = demux(container)
-        num = len(packets)
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
             raise CorruptSample(f"bad video header (size {width}x{height})")
-        clips = plan(num, width, height)
+        clips = plan(len(packets), width, height)
         needed = {i for views in clips for v in views for i in v.indices}
         got = decode_frames(stream, packets, needed, threads)
-        out = []
-        for views in clips:
-            arr = np.empty((len(views), 3, len(views[0].indices), size, size), np.uint8)  # (V, C, T, H, W)
-            for v, view in enumerate(views):
-                crop_resize([_fill(got, i) for i in view.indices], view.box, size, view.flip, interpolation,
-                            out=arr[v])
-            out.append(arr)
-        return out
+        if any((f.width, f.height) != (width, height) for f in got.values()):
+            raise CorruptSample(f"frame size changes within the video (header says {width}x{height})")
+        return [[(v, [_fill(got, i) for i in v.indices]) for v in views] for views in clips]
+
+
+def decode_sample(data: bytes, plan: PlanFn, size: int, threads: int = 1,
+                  interpolation: str = "bilinear") -> list[np.ndarray]:
+    """:func:`decode_views` and :func:`crop_resize`: one uint8 array ``(V, C, T, size, size)`` per clip."""
+    out = []
+    for views in decode_views(data, plan, threads):
+        arr = np.empty((len(views), 3, len(views[0][0].indices), size, size), np.uint8)  # (V, C, T, H, W)
+        for v, (view, frames) in enumerate(views):
+            crop_resize(frames, view.box, size, view.flip, interpolation, out=arr[v])
+        out.append(arr)
+    return out

@@ -35,12 +35,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .decode import INTERPOLATIONS, decode_sample
+from .decode import INTERPOLATIONS, crop_resize, decode_views
 from .location import ShardSource, resolve
 from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec, plan_sample
 from .split import Span, batches_per_epoch, rank_spans, samples_per_rank, unsized_spans, worker_spans
@@ -238,7 +237,8 @@ class _EpochPipeline(IterableDataset):
             # sample buffer already did the shuffling, and filling this one would only delay the first batch.
             wds.shuffle(cfg.clip_buffer, initial=min(cfg.clip_buffer, 2 * spec_k), rng=rng)
             if shuffle and cfg.clip_buffer > 1 and spec_k > 1 else None,
-            wds.batched(cfg.batch_size, collation_fn=functools.partial(_collate, ring=ring), partial=True),
+            wds.batched(cfg.batch_size, partial=True,
+                        collation_fn=functools.partial(_collate, cfg=cfg, report=report, ring=ring)),
             lambda src: _attach_reports(src, report),
         ]
         return iter(wds.DataPipeline(*stages))
@@ -263,7 +263,10 @@ def _read_spans(src: Iterator[dict], source: ShardSource, report: _Report) -> It
 
 def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
                   report: _Report) -> Iterator[dict[str, Any]]:
-    """Decode each sample once into its clips; a sample that fails is reported and skipped."""
+    """Decode each sample once into its clips' frames; a sample that fails is reported and skipped.
+
+    Frames are converted (crop, resize, RGB) only in :func:`_collate`, straight into the batch.
+    """
     spec = cfg.clip_spec()
     for sample in src:
         key = sample.get("__key__", "?")
@@ -272,26 +275,38 @@ def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
             if ext is None:
                 raise ValueError(f"no video member (one of {VIDEO_EXTS})")
             label = read_label(sample)
-            clips = decode_sample(sample[ext], lambda n, w, h: plan_sample(n, w, h, spec, rng), cfg.size,
-                                  cfg.threads(), cfg.interpolation)
+            clips = decode_views(sample[ext], lambda n, w, h: plan_sample(n, w, h, spec, rng), cfg.threads())
         except Exception as exn:  # any failure of one sample must not end the epoch
             log.warning("skipping corrupt sample %s in %s: %s", key, sample.get("__url__", "?"), exn)
             report.items.append((key, f"{type(exn).__name__}: {exn}"[:300]))
             continue
-        for clip in clips:  # (V, C, T, H, W)
-            yield {"video": clip[0] if cfg.train else clip, "label": label, "key": key}
+        for views in clips:
+            yield {"views": views, "label": label, "key": key}
 
 
-def _collate(clips: list[dict[str, Any]], ring: _SlotRing | None = None) -> dict[str, Any]:
-    shape = (len(clips), *clips[0]["video"].shape)  # (B, C, T, H, W) or (B, V, C, T, H, W)
+def _collate(clips: list[dict[str, Any]], cfg: LoaderConfig, report: _Report,
+             ring: _SlotRing | None = None) -> dict[str, Any]:
+    """Crop, resize and convert every clip's frames straight into the batch tensor."""
+    views = len(clips[0]["views"])
+    clip = (3, cfg.frames, cfg.size, cfg.size)  # (C, T, H, W)
+    shape = (len(clips), *clip) if cfg.train else (len(clips), views, *clip)  # (B, [V,] C, T, H, W)
     batch: dict[str, Any] = {}
     if ring is None:
         video = torch.empty(shape, dtype=torch.uint8)
     else:  # in a worker: a reused shared buffer, so sending the batch copies and allocates nothing
         batch["slot"], video = ring.take(shape)
-    np.stack([c["video"] for c in clips], out=video.numpy())
+    out, valid = video.numpy(), torch.ones(len(clips), dtype=torch.bool)
+    for i, c in enumerate(clips):
+        try:
+            for v, (plan, frames) in enumerate(c["views"]):
+                crop_resize(frames, plan.box, cfg.size, plan.flip, cfg.interpolation,
+                            out=out[i] if cfg.train else out[i, v])
+        except Exception as exn:  # a clip that will not convert: reported, kept as an invalid blank
+            log.warning("skipping clip of %s: %s", c["key"], exn)
+            report.items.append((c["key"], f"{type(exn).__name__}: {exn}"[:300]))
+            out[i], valid[i] = 0, False
     return batch | {"video": video, "label": torch.tensor([c["label"] for c in clips], dtype=torch.int64),
-                    "key": [c["key"] for c in clips], "valid": torch.ones(len(clips), dtype=torch.bool)}
+                    "key": [c["key"] for c in clips], "valid": valid}
 
 
 def _attach_reports(src: Iterator[dict], report: _Report) -> Iterator[dict[str, Any]]:
