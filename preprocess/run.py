@@ -78,7 +78,10 @@ def preprocess(cfg: PreprocessConfig, console: Console | None = None) -> Preproc
     if not cfg.dry_run:
         cfg.output.mkdir(parents=True, exist_ok=True)
     store = OutputStore(cfg.output, cfg.settings(), part_prefix(cfg.prefix, cfg.part), cfg.shard_size)
-    store.load() if cfg.dry_run else store.recover()
+    if cfg.dry_run:
+        store.load()  # reads only: a dry run changes nothing on disk
+    else:
+        store.recover()
     classes = class_list(names, store.classes)
     if cfg.retry_failed:
         todo = [it for it in items if not store.is_done(it.vid)]
