@@ -13,14 +13,16 @@ Batch layout (one dict per batch, all uint8 video; normalise to float on the dev
 Epoch: ``ClipLoader.set_epoch(e)`` fixes the order, a pure function of (seed, epoch): shards are shuffled,
 the sample sequence is cut exactly across ranks and DataLoader workers (``split.py``: every sample read
 once per epoch), samples go through a shuffle buffer of ``shuffle_buffer`` encoded samples, each is decoded
-once into ``clips_per_sample`` clips (``decode.py``), which go through a buffer of ``clip_buffer`` decoded
-clips, and are batched. ``len(loader)`` is the same on every rank: ``ceil(samples / world_size) *
+once into the frames of ``clips_per_sample`` clips (``decode.py``; with more than one, they go through a
+buffer of ``clip_buffer`` clips), and each batch is cropped, resized and converted straight into one of
+the worker's reused shared-memory slots, which the main process copies out of (into pinned memory when
+CUDA is available) and frees. ``len(loader)`` is the same on every rank: ``ceil(samples / world_size) *
 clips_per_sample`` clips per rank, batched (the last partial batch dropped with ``drop_last``). A rank
 that comes up short (one sample fewer in the split, or corrupt samples skipped) repeats clips it already
 made, marked ``valid=False``, so every rank yields exactly ``len(loader)`` batches.
 
-A corrupt sample (bytes that do not decode, a missing video member) is skipped, logged, and counted in
-``loader.stats``; it never ends an epoch.
+A corrupt sample (bytes that do not decode, a missing video member, an unreadable shard) is skipped,
+logged, and counted in ``loader.stats``; it never ends an epoch.
 """
 
 from __future__ import annotations
