@@ -32,15 +32,15 @@ import json
 import logging
 import os
 import random
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .batches import SLOTS, LoaderStats, SlotRing, copy_out, rebatch
 from .decode import INTERPOLATIONS, crop_resize, decode_views
 from .location import ShardSource, resolve
 from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec, plan_sample
@@ -130,25 +130,6 @@ class LoaderConfig:
                         clips_per_sample=self.clips_per_sample if self.train else 1, short=self.short)
 
 
-@dataclass
-class LoaderStats:
-    """What one epoch did on this rank."""
-
-    epoch: int = 0
-    batches: int = 0
-    clips: int = 0
-    padded: int = 0
-    """Clips repeated (``valid=False``) to fill the rank's quota."""
-    skipped: int = 0
-    """Corrupt samples skipped."""
-    skipped_keys: list[tuple[str, str]] = field(default_factory=list)
-    """(key or shard, reason) of the first skipped samples."""
-
-    def add_skipped(self, items: list[tuple[str, str]]) -> None:
-        self.skipped += len(items)
-        self.skipped_keys.extend(items[: max(0, 100 - len(self.skipped_keys))])
-
-
 def read_label(sample: dict[str, Any]) -> int:
     """``KEY.cls`` as int, else the ``label`` of ``KEY.json``, else -1."""
     if "cls" in sample:
@@ -176,34 +157,6 @@ class _Report:
         return items
 
 
-SLOTS = 4  # shared batch buffers per worker: the DataLoader's prefetch (2) + the one being filled + spare
-
-
-class _SlotRing:
-    """A worker's reusable shared-memory batch buffers.
-
-    Fresh shared memory costs more (page faults on first write) than a copy, so each worker fills one
-    of ``SLOTS`` buffers, the main process copies the batch out as soon as it arrives and marks the slot
-    free again (``busy[worker, slot]``: 1 while the main process may still read it).
-    """
-
-    def __init__(self, busy: torch.Tensor, worker: int) -> None:
-        self.busy, self.worker = busy, worker
-        self.buffers: dict[int, torch.Tensor] = {}
-
-    def take(self, shape: tuple[int, ...]) -> tuple[tuple[int, int], torch.Tensor]:
-        """A free slot, as (worker, slot) and a ``shape`` tensor (waiting for the main process if needed)."""
-        while True:
-            for slot in range(self.busy.shape[1]):
-                if int(self.busy[self.worker, slot]) == 0:
-                    buf = self.buffers.get(slot)
-                    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-                        buf = self.buffers[slot] = torch.empty(shape, dtype=torch.uint8).share_memory_()
-                    self.busy[self.worker, slot] = 1
-                    return (self.worker, slot), buf[: shape[0]]
-            time.sleep(0.001)
-
-
 class _EpochPipeline(IterableDataset):
     """One rank's epoch as a webdataset pipeline; built inside each DataLoader worker."""
 
@@ -228,7 +181,7 @@ class _EpochPipeline(IterableDataset):
         rng = random.Random(f"vidshard-clips-{cfg.seed}-{self.epoch}-{self.rank}-{worker}")
         shuffle, spec_k = cfg.train, cfg.clip_spec().clips_per_sample
         spans = self._spans(worker, workers)
-        ring = _SlotRing(self.busy, worker) if info is not None and self.busy is not None else None
+        ring = SlotRing(self.busy, worker) if info is not None and self.busy is not None else None
         stages = [
             lambda: iter([{"span": s} for s in spans]),
             lambda src: _read_spans(src, self.source, report),
@@ -287,7 +240,7 @@ def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
 
 
 def _collate(clips: list[dict[str, Any]], cfg: LoaderConfig, report: _Report,
-             ring: _SlotRing | None = None) -> dict[str, Any]:
+             ring: SlotRing | None = None) -> dict[str, Any]:
     """Crop, resize and convert every clip's frames straight into the batch tensor."""
     views = len(clips[0]["views"])
     clip = (3, cfg.frames, cfg.size, cfg.size)  # (C, T, H, W)
@@ -317,80 +270,6 @@ def _attach_reports(src: Iterator[dict], report: _Report) -> Iterator[dict[str, 
         yield batch
     if report.items:  # problems after the last batch still reach the main process
         yield {"skipped": report.drain()}
-
-
-def _cat(pieces: list[dict[str, Any]]) -> dict[str, Any]:
-    if len(pieces) == 1:
-        return pieces[0]
-    return {"video": torch.cat([p["video"] for p in pieces]),  # (B, ...) along the batch
-            "label": torch.cat([p["label"] for p in pieces]),
-            "key": [k for p in pieces for k in p["key"]], "valid": torch.cat([p["valid"] for p in pieces])}
-
-
-def _slice(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
-    return {"video": batch["video"][start:stop], "label": batch["label"][start:stop],
-            "key": batch["key"][start:stop], "valid": batch["valid"][start:stop]}
-
-
-def _repeats(recent: dict[str, Any], count: int) -> dict[str, Any]:
-    """``count`` clips cycled from ``recent``, marked invalid."""
-    idx = torch.arange(count) % len(recent["key"])
-    return {"video": recent["video"][idx], "label": recent["label"][idx],
-            "key": [recent["key"][i] for i in idx.tolist()], "valid": torch.zeros(count, dtype=torch.bool)}
-
-
-def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None, drop_last: bool,
-            stats: LoaderStats) -> Iterator[dict[str, Any]]:
-    """Merge the workers' batches into batches of ``batch_size`` holding exactly ``quota`` clips.
-
-    Clips beyond ``quota`` are dropped; a shortfall is filled by repeating the last clips, marked invalid.
-    ``quota`` None (unknown counts) passes everything through.
-    """
-    buf: list[dict[str, Any]] = []
-    pending = emitted = 0
-    recent: dict[str, Any] | None = None
-    for piece in pieces:
-        stats.add_skipped(piece.pop("skipped", []))
-        if "video" not in piece:
-            continue
-        room = len(piece["key"]) if quota is None else min(len(piece["key"]), quota - emitted - pending)
-        if room <= 0:
-            continue
-        buf.append(piece if room == len(piece["key"]) else _slice(piece, 0, room))
-        pending += room
-        while pending >= batch_size:
-            whole = _cat(buf)
-            batch, rest = _slice(whole, 0, batch_size), _slice(whole, batch_size, pending)
-            buf, pending, emitted, recent = ([rest] if pending > batch_size else []), pending - batch_size, \
-                emitted + batch_size, batch
-            yield batch
-    if quota is not None and emitted + pending < quota:
-        pool = _cat(buf) if buf else recent
-        if pool is None:
-            raise RuntimeError("no clip could be decoded on this rank: every sample failed "
-                               f"({stats.skipped} skipped, first: {stats.skipped_keys[:3]})")
-        fill = quota - emitted - pending
-        stats.padded += fill
-        buf.append(_repeats(pool, fill))
-        pending += fill
-    whole = _cat(buf) if buf else None
-    for start in range(0, pending, batch_size):
-        stop = min(pending, start + batch_size)
-        if stop - start == batch_size or not drop_last:
-            yield _slice(whole, start, stop)
-
-
-def _copy_out(pieces: Iterator[dict[str, Any]], busy: torch.Tensor, pin: bool) -> Iterator[dict[str, Any]]:
-    """Copy each worker batch out of its shared slot (into pinned memory with CUDA) and free the slot."""
-    held: dict[tuple[int, int], torch.Tensor] = {}  # keeps slot mappings alive, so reuse maps nothing new
-    for piece in pieces:
-        slot = piece.pop("slot", None)
-        if slot is not None:
-            worker, index = (int(x) for x in slot)
-            held[worker, index] = video = piece["video"]
-            piece["video"] = torch.empty(video.shape, dtype=torch.uint8, pin_memory=pin).copy_(video)
-            busy[worker, index] = 0
-        yield piece
 
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -461,7 +340,7 @@ class ClipLoader:
         pin = torch.cuda.is_available()
         loader = DataLoader(pipeline, batch_size=None, num_workers=cfg.workers,
                             prefetch_factor=2 if cfg.workers else None)
-        pieces = _copy_out(iter(loader), busy, pin)
+        pieces = copy_out(iter(loader), busy, pin)
         for batch in rebatch(pieces, cfg.batch_size, self.clip_quota, cfg.drop_last, self.stats):
             self.stats.batches += 1
             self.stats.clips += len(batch["key"])

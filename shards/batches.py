@@ -1,0 +1,139 @@
+"""Batches between the DataLoader workers and the main process.
+
+- :class:`SlotRing`: each worker fills reused shared-memory batch buffers (fresh shared memory per batch
+  costs more CPU in page faults than the copy it saves); :func:`copy_out` in the main process copies each
+  batch out (into pinned memory with CUDA) and frees its slot at once, so a delivered batch is never
+  overwritten.
+- :func:`rebatch`: merges the workers' batches into batches of ``batch_size`` holding exactly the rank's
+  clip quota, repeating clips (marked invalid) to fill a shortfall, so every rank steps the same count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class LoaderStats:
+    """What one epoch did on this rank."""
+
+    epoch: int = 0
+    batches: int = 0
+    clips: int = 0
+    padded: int = 0
+    """Clips repeated (``valid=False``) to fill the rank's quota."""
+    skipped: int = 0
+    """Corrupt samples skipped."""
+    skipped_keys: list[tuple[str, str]] = field(default_factory=list)
+    """(key or shard, reason) of the first skipped samples."""
+
+    def add_skipped(self, items: list[tuple[str, str]]) -> None:
+        self.skipped += len(items)
+        self.skipped_keys.extend(items[: max(0, 100 - len(self.skipped_keys))])
+
+
+SLOTS = 4  # shared batch buffers per worker: the DataLoader's prefetch (2) + the one being filled + spare
+
+
+class SlotRing:
+    """A worker's reusable shared-memory batch buffers.
+
+    Fresh shared memory costs more (page faults on first write) than a copy, so each worker fills one
+    of ``SLOTS`` buffers, the main process copies the batch out as soon as it arrives and marks the slot
+    free again (``busy[worker, slot]``: 1 while the main process may still read it).
+    """
+
+    def __init__(self, busy: torch.Tensor, worker: int) -> None:
+        self.busy, self.worker = busy, worker
+        self.buffers: dict[int, torch.Tensor] = {}
+
+    def take(self, shape: tuple[int, ...]) -> tuple[tuple[int, int], torch.Tensor]:
+        """A free slot, as (worker, slot) and a ``shape`` tensor (waiting for the main process if needed)."""
+        while True:
+            for slot in range(self.busy.shape[1]):
+                if int(self.busy[self.worker, slot]) == 0:
+                    buf = self.buffers.get(slot)
+                    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+                        buf = self.buffers[slot] = torch.empty(shape, dtype=torch.uint8).share_memory_()
+                    self.busy[self.worker, slot] = 1
+                    return (self.worker, slot), buf[: shape[0]]
+            time.sleep(0.001)
+
+
+def _cat(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(pieces) == 1:
+        return pieces[0]
+    return {"video": torch.cat([p["video"] for p in pieces]),  # (B, ...) along the batch
+            "label": torch.cat([p["label"] for p in pieces]),
+            "key": [k for p in pieces for k in p["key"]], "valid": torch.cat([p["valid"] for p in pieces])}
+
+
+def _slice(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    return {"video": batch["video"][start:stop], "label": batch["label"][start:stop],
+            "key": batch["key"][start:stop], "valid": batch["valid"][start:stop]}
+
+
+def _repeats(recent: dict[str, Any], count: int) -> dict[str, Any]:
+    """``count`` clips cycled from ``recent``, marked invalid."""
+    idx = torch.arange(count) % len(recent["key"])
+    return {"video": recent["video"][idx], "label": recent["label"][idx],
+            "key": [recent["key"][i] for i in idx.tolist()], "valid": torch.zeros(count, dtype=torch.bool)}
+
+
+def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None, drop_last: bool,
+            stats: LoaderStats) -> Iterator[dict[str, Any]]:
+    """Merge the workers' batches into batches of ``batch_size`` holding exactly ``quota`` clips.
+
+    Clips beyond ``quota`` are dropped; a shortfall is filled by repeating the last clips, marked invalid.
+    ``quota`` None (unknown counts) passes everything through.
+    """
+    buf: list[dict[str, Any]] = []
+    pending = emitted = 0
+    recent: dict[str, Any] | None = None
+    for piece in pieces:
+        stats.add_skipped(piece.pop("skipped", []))
+        if "video" not in piece:
+            continue
+        room = len(piece["key"]) if quota is None else min(len(piece["key"]), quota - emitted - pending)
+        if room <= 0:
+            continue
+        buf.append(piece if room == len(piece["key"]) else _slice(piece, 0, room))
+        pending += room
+        while pending >= batch_size:
+            whole = _cat(buf)
+            batch, rest = _slice(whole, 0, batch_size), _slice(whole, batch_size, pending)
+            buf, pending, emitted, recent = ([rest] if pending > batch_size else []), pending - batch_size, \
+                emitted + batch_size, batch
+            yield batch
+    if quota is not None and emitted + pending < quota:
+        pool = _cat(buf) if buf else recent
+        if pool is None:
+            raise RuntimeError("no clip could be decoded on this rank: every sample failed "
+                               f"({stats.skipped} skipped, first: {stats.skipped_keys[:3]})")
+        fill = quota - emitted - pending
+        stats.padded += fill
+        buf.append(_repeats(pool, fill))
+        pending += fill
+    whole = _cat(buf) if buf else None
+    for start in range(0, pending, batch_size):
+        stop = min(pending, start + batch_size)
+        if stop - start == batch_size or not drop_last:
+            yield _slice(whole, start, stop)
+
+
+def copy_out(pieces: Iterator[dict[str, Any]], busy: torch.Tensor, pin: bool) -> Iterator[dict[str, Any]]:
+    """Copy each worker batch out of its shared slot (into pinned memory with CUDA) and free the slot."""
+    held: dict[tuple[int, int], torch.Tensor] = {}  # keeps slot mappings alive, so reuse maps nothing new
+    for piece in pieces:
+        slot = piece.pop("slot", None)
+        if slot is not None:
+            worker, index = (int(x) for x in slot)
+            held[worker, index] = video = piece["video"]
+            piece["video"] = torch.empty(video.shape, dtype=torch.uint8, pin_memory=pin).copy_(video)
+            busy[worker, index] = 0
+        yield piece
