@@ -274,3 +274,30 @@ def test_reused_worker_buffers_never_overwrite_a_delivered_batch(tmp_path: Path)
     assert set(shared) == set(local) and len(shared) == 12
     assert len({read_counter(v[0, 0, 0, SIDE // 2].tolist(), SIDE) for v in local.values()}) == 12
     assert all(torch.equal(shared[k], local[k]) for k in local)
+
+
+@pytest.mark.parametrize("sizes,quota,drop_last,expect", [
+    ([3, 3, 1, 2], 9, False, [4, 4, 1]),   # pieces merged into full batches
+    ([3, 1], 9, False, [4, 4, 1]),         # shortfall filled with invalid repeats
+    ([4, 4, 4], 9, True, [4, 4]),          # excess dropped, last partial dropped
+    ([2, 2], None, False, [4]),            # unknown quota: everything, nothing added
+])
+def test_rebatch_yields_exactly_the_quota(sizes: list[int], quota: int | None, drop_last: bool,
+                                          expect: list[int]) -> None:
+    from vidshard.shards.batches import LoaderStats, rebatch
+
+    def piece(n: int, start: int) -> dict:
+        return {"video": torch.arange(start, start + n).view(n, 1),  # (B, 1)
+                "label": torch.zeros(n, dtype=torch.int64), "key": [f"k{start + i}" for i in range(n)],
+                "valid": torch.ones(n, dtype=torch.bool), "skipped": [("bad", "reason")] if n == 1 else []}
+
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    stats = LoaderStats()
+    pieces = [piece(n, s) for n, s in zip(sizes, starts, strict=True)]
+    out = list(rebatch(iter(pieces), 4, quota, drop_last, stats))
+    assert [len(b["key"]) for b in out] == expect
+    valid = torch.cat([b["valid"] for b in out])
+    assert int(valid.sum()) == min(sum(sizes), sum(expect)) and stats.padded == sum(expect) - int(valid.sum())
+    assert stats.skipped == sizes.count(1)
+    keys = [k for b in out for k, v in zip(b["key"], b["valid"].tolist(), strict=True) if v]
+    assert len(keys) == len(set(keys))
