@@ -344,7 +344,7 @@ class ClipLoader:
         for batch in rebatch(pieces, cfg.batch_size, self.clip_quota, cfg.drop_last, self.stats):
             self.stats.batches += 1
             self.stats.clips += len(batch["key"])
-            if pin and not batch["video"].is_pinned():  # only batches merged from pieces
+            if pin and not batch["video"].is_pinned():  # merged from pieces, or decoded in this process
                 batch["video"] = batch["video"].pin_memory()
             yield batch
         if self.stats.skipped:
