@@ -105,7 +105,11 @@ def transcode_spec(cfg: PreprocessConfig, item: InputItem, start: float, duratio
                    bounds: list[tuple[float, float]]) -> TranscodeSpec:
     """The ffmpeg run for one input under ``cfg``."""
     segment = item.start_s is not None or item.end_s is not None
-    return TranscodeSpec(short_side=cfg.short_side, crf=cfg.crf, gop=cfg.gop, preset=cfg.preset, fps=cfg.fps,
+    # One process per core already keeps every core busy; ffmpeg's default of ~1.5 threads per core
+    # in every process would put cores^2 threads on a many-core machine.
+    threads = max(1, (os.cpu_count() or 1) // cfg.num_workers)
+    return TranscodeSpec(threads=threads, short_side=cfg.short_side, crf=cfg.crf, gop=cfg.gop,
+                         preset=cfg.preset, fps=cfg.fps,
                          keep_audio=cfg.keep_audio, start_s=start if segment else None,
                          duration_s=duration if segment else None,
                          split_s=split_points(bounds, None if segment else cfg.chunk_seconds))

@@ -221,7 +221,7 @@ class TranscodeSpec:
     split_s: tuple[float, ...] = ()
     """Chunk boundaries after the first, in seconds from the segment start."""
     threads: int = 0
-    """Encoder threads (0: ffmpeg's choice)."""
+    """Decoder and encoder threads each (0: ffmpeg's choice, about 1.5 per core)."""
 
 
 def scale_filter(short_side: int) -> str:
@@ -252,6 +252,8 @@ def transcode_args(src: str | Path, out_dir: str | Path, spec: TranscodeSpec) ->
     args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
     if spec.start_s:
         args += ["-ss", f"{spec.start_s:.6f}"]
+    if spec.threads:
+        args += ["-threads", str(spec.threads)]  # as an input option: the decoder's
     args += ["-i", local_url(src)]
     if spec.duration_s is not None:
         args += ["-t", f"{spec.duration_s:.6f}"]
