@@ -117,6 +117,8 @@ def raw_clip(path: Path, spec: ClipSpec, size: int, rng: random.Random, threads:
                 got[idx] = frame.to_ndarray(format="rgb24")  # (H, W, 3), full size
             if idx >= wanted[-1]:
                 break
+    if not got:
+        raise ValueError(f"{path}: no frame decoded at the clip's position")
     last = got[max(got)]
     video = torch.from_numpy(np.stack([got.get(i, last) for i in wanted]))  # (T, H, W, 3)
     box = random_resized_crop(video.shape[2], video.shape[1], spec.scale, spec.ratio, rng)
@@ -138,10 +140,19 @@ class RawClips(IterableDataset):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         rng = _worker_rng(self.seed, "raw")
+        clips, failures = [], 0
         while True:
-            paths = [rng.choice(self.paths) for _ in range(self.batch_size)]
-            clips = [raw_clip(p, self.spec, self.size, rng, self.threads) for p in paths]
-            yield torch.stack(clips)  # (B, C, T, H, W)
+            path = rng.choice(self.paths)
+            try:
+                clips.append(raw_clip(path, self.spec, self.size, rng, self.threads))
+            except Exception as exn:  # an unreadable input is skipped, as a loader would
+                failures += 1
+                if failures > 10 * len(self.paths) and not clips:
+                    raise RuntimeError(f"no raw clip could be decoded (last: {path}: {exn})") from exn
+                continue
+            if len(clips) == self.batch_size:
+                yield torch.stack(clips)  # (B, C, T, H, W)
+                clips = []
 
 
 class DecodeOnly(IterableDataset):
