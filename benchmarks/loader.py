@@ -145,10 +145,11 @@ class RawClips(IterableDataset):
             path = rng.choice(self.paths)
             try:
                 clips.append(raw_clip(path, self.spec, self.size, rng, self.threads))
+                failures = 0
             except Exception as exn:  # an unreadable input is skipped, as a loader would
                 failures += 1
-                if failures > 10 * len(self.paths) and not clips:
-                    raise RuntimeError(f"no raw clip could be decoded (last: {path}: {exn})") from exn
+                if failures > 10 * len(self.paths):
+                    raise RuntimeError(f"raw clips keep failing to decode (last: {path}: {exn})") from exn
                 continue
             if len(clips) == self.batch_size:
                 yield torch.stack(clips)  # (B, C, T, H, W)
