@@ -15,7 +15,7 @@ DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
 
 
 def motion_shardset(folder: Path, *, per_class: int, seed: int, size: int = 64, seconds: float = 1.0,
-                    fps: float = 25.0, speed: float = 40.0, box: int = 16, samples_per_shard: int = 7,
+                    fps: float = 25.0, speed: float = 40.0, box: int = 16, samples_per_shard: int = 9,
                     ) -> Path:
     """Write a labeled shard set of ``4 * per_class`` moving-square clips to ``folder``.
 
@@ -52,11 +52,11 @@ def motion_shardset(folder: Path, *, per_class: int, seed: int, size: int = 64, 
 
 @pytest.fixture(scope="session")
 def motion_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """48 training clips (12 per direction) in 7 shards, the last one smaller."""
-    return motion_shardset(tmp_path_factory.mktemp("motion_train"), per_class=12, seed=1)
+    """64 training clips (16 per direction) in 8 shards: 7 of 9 clips and one of 1 (uneven)."""
+    return motion_shardset(tmp_path_factory.mktemp("motion_train"), per_class=16, seed=1)
 
 
 @pytest.fixture(scope="session")
 def motion_val(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 held-out clips (5 per direction), other random start positions."""
-    return motion_shardset(tmp_path_factory.mktemp("motion_val"), per_class=5, seed=2)
+    """32 held-out clips (8 per direction), other random start positions."""
+    return motion_shardset(tmp_path_factory.mktemp("motion_val"), per_class=8, seed=2)
