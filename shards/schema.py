@@ -244,6 +244,7 @@ def atomic_write(path: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; a shard set is shared and served
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -72,3 +72,8 @@ def test_writer_abort_publishes_nothing(tmp_path):
         w.write(sample_members(meta(0), b"x"))
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_manifest_is_world_readable(tmp_path):
+    path = Manifest(settings={}).save(tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o644
