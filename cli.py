@@ -147,6 +147,7 @@ def train_cmd(
                                             help=_tr_help("grad_checkpointing")),
     attn_impl: str = typer.Option(None, help=_tr_help("attn_impl")),
     device: str = typer.Option(None, help=_tr_help("device")),
+    threads: int = typer.Option(None, help=_tr_help("threads")),
     amp: bool = typer.Option(None, "--amp/--no-amp", help=_tr_help("amp")),
     compile: bool = typer.Option(None, "--compile/--no-compile", help=_tr_help("compile")),
     log_every: int = typer.Option(None, help=_tr_help("log_every")),
@@ -188,6 +189,7 @@ def eval_cmd(
     batch_size: int = typer.Option(None, help=_tr_help("batch_size", "EvalConfig")),
     workers: int = typer.Option(None, help=_tr_help("workers", "EvalConfig")),
     device: str = typer.Option(None, help=_tr_help("device", "EvalConfig")),
+    threads: int = typer.Option(None, help=_tr_help("threads", "EvalConfig")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir", "EvalConfig")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -197,7 +199,7 @@ def eval_cmd(
 
     options = dict(data=shardset, checkpoint=checkpoint, out=out, temporal_views=temporal_views,
                    spatial_views=spatial_views, batch_size=batch_size, workers=workers, device=device,
-                   cache_dir=cache_dir, progress=False if quiet else None)
+                   threads=threads, cache_dir=cache_dir, progress=False if quiet else None)
     result = _tr_run(evaluate, _tr_run(build_config, EvalConfig, None, options))
     print_table(result)
     typer.echo(f"top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%}; wrote {result['out']}")
@@ -410,13 +412,14 @@ def bench_model_cmd(
     batch_size: int = typer.Option(1, help="Clips per training step."),
     steps: int = typer.Option(3, help="Timed steps per path (after one warm-up step); the median counts."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
+    threads: int = typer.Option(0, help="CPU threads (0 = torch's default); 1 is steadier when shared."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Training-step time and peak memory: fused attention (flash-attn / SDPA) vs the plain reference."""
     from vidshard.benchmarks.model import ModelBenchConfig, print_report, run_bench
 
     cfg = _tr_run(lambda: ModelBenchConfig(model=model, frames=frames, size=size, batch_size=batch_size,
-                                           steps=steps, device=device))
+                                           steps=steps, device=device, threads=threads))
     print_report(_tr_run(run_bench, cfg), json_out)
 
 

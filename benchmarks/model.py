@@ -50,6 +50,8 @@ class ModelBenchConfig:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     num_classes: int = 400
     """Classifier outputs."""
+    threads: int = 0
+    """CPU threads (0 = torch's default); 1 gives steadier figures on a machine shared with other jobs."""
 
     def __post_init__(self) -> None:
         ViTConfig.from_preset(self.model, frames=self.frames, img_size=self.size)  # validates all three
@@ -89,6 +91,8 @@ class _Path:
         from vidshard.train.objectives import get_objective
         from vidshard.train.optim import build_optimizer
 
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(0)
         self.dev = torch.device(device)
         tc = TrainConfig(data="(bench)", model=cfg.model, frames=cfg.frames, size=cfg.size, attn_impl=impl,

@@ -87,6 +87,9 @@ class TrainConfig:
     """Seed of the model init, data order, crops and masks."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    threads: int = 0
+    """CPU threads for the model's math in each process (0 = torch's default, one per core); use 1
+    when other busy processes share the cores, where spinning thread pools slow each other down."""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
     compile: bool = False
@@ -136,8 +139,8 @@ class TrainConfig:
             raise ValueError(f"crop_scale {self.crop_scale} must satisfy 0 < min <= max <= 1")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if self.workers < 0 or self.eval_every < 0 or self.clip_grad < 0:
-            raise ValueError("workers, eval_every and clip_grad may not be negative")
+        if min(self.workers, self.eval_every, self.clip_grad, self.threads) < 0:
+            raise ValueError("workers, eval_every, clip_grad and threads may not be negative")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -174,12 +177,16 @@ class EvalConfig:
     """Where shards from an ``http(s)://`` shard set are cached."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    threads: int = 0
+    """CPU threads for the model's math (0 = torch's default)."""
     progress: bool = True
     """Show the rich progress bar."""
 
     def __post_init__(self) -> None:
-        if self.temporal_views < 1 or self.spatial_views < 1 or self.batch_size < 1 or self.workers < 0:
-            raise ValueError("views and batch_size must be at least 1, workers at least 0")
+        if self.temporal_views < 1 or self.spatial_views < 1 or self.batch_size < 1:
+            raise ValueError("views and batch_size must be at least 1")
+        if self.workers < 0 or self.threads < 0:
+            raise ValueError("workers and threads may not be negative")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -84,6 +84,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint`` on ``cfg.data``; writes the JSON result and returns it."""
     from .data import eval_loader_for
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     model, train_cfg, ckpt = model_from_checkpoint(cfg.checkpoint, device)
     if ckpt["objective"] != "supervised" or not ckpt.get("classes"):

@@ -194,6 +194,8 @@ def _restore_rng(run: _Run) -> None:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train as ``cfg`` says; under torchrun, every process calls this."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     info = distributed.setup(cfg.device)
     try:
         return _train(cfg, info)
@@ -205,7 +207,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
     run = _setup(cfg, info)
     val_loader = val_loader_for(cfg) if info.is_main else None
     log = RunLog(run.run_dir, enabled=info.is_main)
-    meter, summary, ckpt, val = Meter(), {"loss": float("nan")}, None, None
+    meter, summary, val = Meter(), {"loss": float("nan")}, None
+    ckpt = latest_checkpoint(run.run_dir) if info.is_main else None  # a finished run resumed: its last
     stop_at = min(run.total, run.step + cfg.stop_after) if cfg.stop_after else run.total
     run.wrapped.train()
     bar = progress_bar(enabled=cfg.progress and info.is_main)

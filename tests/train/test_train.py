@@ -14,8 +14,9 @@ from vidshard.train.loop import train
 from vidshard.train.metrics import read_metrics
 
 # Small clips (8 frames at stride 2, 32x32 crops of 64x64 videos) keep CPU steps cheap; no flips,
-# since flipping would turn "left" into "right".
-CLIP = dict(frames=8, stride=2, size=32, crop_scale=(0.5, 1.0), flip=False, workers=0, progress=False)
+# since flipping would turn "left" into "right". One thread: test runs share the cores.
+CLIP = dict(frames=8, stride=2, size=32, crop_scale=(0.5, 1.0), flip=False, workers=0, progress=False,
+            threads=1)
 
 
 def test_vit_t_learns_motion_direction_on_held_out_clips(motion_train: Path, motion_val: Path,
@@ -40,7 +41,8 @@ def test_vit_t_learns_motion_direction_on_held_out_clips(motion_train: Path, mot
     assert ckpts == ["step-00000100.pt", "step-00000120.pt"]
     # eval: several views per sample, scores averaged; JSON written; per-class accuracy.
     ev = evaluate(EvalConfig(data=str(motion_val), checkpoint=str(result.checkpoint), temporal_views=2,
-                             spatial_views=2, workers=0, progress=False, out=str(tmp_path / "ev.json")))
+                             spatial_views=2, workers=0, threads=1, progress=False,
+                             out=str(tmp_path / "ev.json")))
     assert ev["samples"] == 32 and ev["top1"] >= 0.9 and ev["top5"] == 1.0
     assert set(ev["per_class"]) == {"right", "left", "down", "up"}
     assert json.loads((tmp_path / "ev.json").read_text())["top1"] == ev["top1"]
@@ -96,3 +98,21 @@ def test_supervised_training_refuses_an_unlabeled_shard_set(motion_train: Path, 
     m.save(folder)
     with pytest.raises(ValueError, match="needs a labeled shard set"):
         train(TrainConfig(data=str(folder), out=str(tmp_path / "run"), steps=1, **CLIP))
+
+
+def test_cli_help_lists_the_options() -> None:
+    from typer.testing import CliRunner
+    from vidshard.cli import app
+
+    runner = CliRunner()
+    text = runner.invoke(app, ["train", "--help"], terminal_width=200).output
+    for opt in ("--model", "--frames", "--stride", "--size", "--batch-size", "--epochs", "--steps", "--lr",
+                "--workers", "--out", "--seed", "--val", "--config", "--resume", "--init-from", "--no-flip"):
+        assert opt in text, opt
+    assert "Peak learning rate" in text  # help texts come from TrainConfig's field docs
+    text = runner.invoke(app, ["eval", "--help"], terminal_width=200).output
+    assert "--checkpoint" in text and "--temporal-views" in text
+    text = runner.invoke(app, ["bench", "model", "--help"], terminal_width=200).output
+    assert "--json" in text and "--model" in text
+    bad = runner.invoke(app, ["train", "nowhere/", "--model", "vit-q"])
+    assert bad.exit_code == 2 and "unknown model preset" in bad.output
