@@ -142,10 +142,12 @@ def test_four_part_runs_merged_hold_exactly_the_single_run(tiny_shardset, tmp_pa
 
     single = Manifest.load(tiny_shardset)
     parts = []
-    for i in range(1, 5):  # the same options as the tiny_shardset fixture, split four ways
+    # The same options as the tiny_shardset fixture, split four ways. Same workers too: x264 threads
+    # follow cores / workers, and its bitstream depends on the thread count.
+    for i in range(1, 5):
         cfg = PreprocessConfig(input=tiny_shardset.parent / "videos", output=tmp_path / f"OUT_{i}",
                                labels_from_dirs=True, chunk_seconds=1.0, min_chunk_seconds=0.5,
-                               short_side=64, gop=5, shard_size=1 << 16, workers=1, quiet=True, part=(i, 4))
+                               short_side=64, gop=5, shard_size=1 << 16, workers=2, quiet=True, part=(i, 4))
         preprocess(cfg, console=Console(quiet=True))
         parts.append(tmp_path / f"OUT_{i}")
     run = subprocess.run([*CLI, "merge", *map(str, parts), str(tmp_path / "MERGED"), "--quiet"],
