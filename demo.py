@@ -117,12 +117,12 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
 
     console.rule("[bold]step 3: vidshard train (vit-t, briefly)")
     # Left vs right is told apart by motion only, so no flips; small clips keep CPU steps short.
-    tc = TrainConfig(data=str(result.shards), out=str(cfg.out_dir / "run"), model="vit-t", frames=8, stride=4,
-                     size=32, crop_scale=(0.5, 1.0), flip=False, batch_size=8, steps=100, lr=1e-3,
+    tc = TrainConfig(data=str(result.shards), out=str(cfg.out_dir / "run"), model="vit-t", frames=8, stride=6,
+                     size=48, crop_scale=(0.6, 1.0), flip=False, batch_size=8, steps=120, lr=1e-3,
                      warmup_steps=10, label_smoothing=0.0, log_every=10, ckpt_every=50, threads=1,
                      workers=min(2, cfg.workers or 2))
-    console.print(f"vidshard train {tc.data} --out {tc.out} --model vit-t --frames 8 --stride 4 --size 32 "
-                  "--crop-scale 0.5 1.0 --no-flip --batch-size 8 --steps 100 --lr 1e-3 --warmup-steps 10 "
+    console.print(f"vidshard train {tc.data} --out {tc.out} --model vit-t --frames 8 --stride 6 --size 48 "
+                  "--crop-scale 0.6 1.0 --no-flip --batch-size 8 --steps 120 --lr 1e-3 --warmup-steps 10 "
                   "--label-smoothing 0 --threads 1", markup=False, highlight=False)
     result.steps["train"] = train(tc)
     console.print(f"{result.steps['train'].steps} steps; metrics in {tc.out}/metrics.jsonl, TensorBoard "
