@@ -11,7 +11,16 @@ from vidshard.benchmarks.mae import MAEBenchConfig, held_out_loss, pattern_clips
 from vidshard.train.mae import build_mae
 
 
-def test_pretraining_beats_predicting_the_mean(tmp_path: Path) -> None:
+@pytest.fixture
+def one_thread():
+    """One math thread: spinning thread pools fight on shared cores (as the train tests do)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_pretraining_beats_predicting_the_mean(tmp_path: Path, one_thread: None) -> None:
     torch.manual_seed(0)
     cfg = MAEBenchConfig(recon_steps=150)  # mask ratio 0.9, the default
     clips = pattern_clips(tmp_path, ("testsrc2",), cfg)  # (N, C, T, H, W) uint8, overlapping clips

@@ -41,7 +41,8 @@ def write_shardset(folder: Path, labeled: bool) -> Path:
 
 def tiny_run(data: Path, out: Path, **kw: object) -> TrainConfig:
     base = dict(data=str(data), out=str(out), model="vit-t", frames=4, stride=2, size=32, batch_size=2,
-                steps=4, workers=0, progress=False, log_every=2, ckpt_every=100, crop_scale=(0.5, 1.0))
+                steps=4, workers=0, progress=False, log_every=2, ckpt_every=100, crop_scale=(0.5, 1.0),
+                threads=1)
     return TrainConfig(**{**base, **kw})
 
 
