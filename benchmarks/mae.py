@@ -252,7 +252,7 @@ def main() -> None:
     """``python -m vidshard.benchmarks.mae [--json]``."""
     import sys
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # spinning thread pools fight on shared cores; one is steadier
     result = run_mae_bench()
     if "--json" in sys.argv:
         print(json.dumps(result, indent=2))
