@@ -116,3 +116,35 @@ def test_cli_help_lists_the_options() -> None:
     assert "--json" in text and "--model" in text
     bad = runner.invoke(app, ["train", "nowhere/", "--model", "vit-q"])
     assert bad.exit_code == 2 and "unknown model preset" in bad.output
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_weights(motion_train: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    vidshard = str(Path(sys.executable).parent / "vidshard")
+    args = [str(motion_train), "--steps", "8", "--batch-size", "16", "--frames", "8", "--stride", "2",
+            "--size", "32", "--crop-scale", "0.5", "1.0", "--no-flip", "--workers", "0", "--threads", "1",
+            "--lr", "1e-3", "--warmup-steps", "2", "--log-every", "1", "--ckpt-every", "2", "--quiet"]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([vidshard, "train", *args, "--out", str(cut)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while latest_checkpoint(cut) is None or latest_checkpoint(cut).name < "step-00000004.pt":
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-run, no chance to clean up
+    proc.wait(timeout=60)
+    killed_at = load_checkpoint(cut)["step"]
+    assert 4 <= killed_at < 8
+    subprocess.run([vidshard, "train", *args, "--out", str(cut), "--resume"], check=True, timeout=300,
+                   capture_output=True)
+    subprocess.run([vidshard, "train", *args, "--out", str(tmp_path / "full")], check=True, timeout=300,
+                   capture_output=True)
+    a, b = _weights(tmp_path / "full"), _weights(cut)
+    assert load_checkpoint(cut)["step"] == 8
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
