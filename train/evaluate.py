@@ -80,6 +80,14 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Mo
     return model.to(device), cfg, ckpt
 
 
+def run_folder(checkpoint: str | Path) -> Path:
+    """The run folder a checkpoint belongs to (``RUN`` for ``RUN`` or ``RUN/checkpoints/step-N.pt``)."""
+    p = Path(checkpoint).resolve()
+    if p.is_dir():
+        return p
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint`` on ``cfg.data``; writes the JSON result and returns it."""
     from .data import eval_loader_for
@@ -99,7 +107,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         result = evaluate_model(model, loader, device, ckpt["classes"], progress)
     result = {"checkpoint": str(cfg.checkpoint), "data": cfg.data, "step": ckpt["step"],
               "views": {"temporal": cfg.temporal_views, "spatial": cfg.spatial_views}, **result}
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).resolve().parent.parent / "eval.json"
+    out = Path(cfg.out) if cfg.out else run_folder(cfg.checkpoint) / "eval.json"
     atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
     result["out"] = str(out)
     return result

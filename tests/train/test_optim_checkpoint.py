@@ -89,3 +89,12 @@ def test_load_encoder_from_an_mae_style_checkpoint(tmp_path: Path) -> None:
     wrong = VideoViT(ViTConfig(**{**TINY, "dim": 96}, num_classes=6))
     with pytest.raises(ValueError, match="same --model preset"):
         load_encoder(wrong, tmp_path / "mae.pt")
+
+
+def test_eval_json_goes_to_the_run_folder(tmp_path: Path) -> None:
+    from vidshard.train.evaluate import run_folder
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    assert run_folder(tmp_path / "run") == tmp_path / "run"
+    assert run_folder(tmp_path / "run" / "checkpoints" / "step-00000003.pt") == tmp_path / "run"
+    assert run_folder(tmp_path / "model.pt") == tmp_path
