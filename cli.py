@@ -102,7 +102,7 @@ def _tr_run(fn, *args):
     """Call a library function; turn the errors a user can fix into one clear line and exit code 2."""
     try:
         return fn(*args)
-    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 

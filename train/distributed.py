@@ -44,8 +44,11 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
-def setup(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); pick this rank's device."""
+def setup(device: str = "auto", timeout_s: float = 3600.0) -> DistInfo:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); pick this rank's device.
+
+    The generous timeout covers validation, which rank 0 runs alone while the others wait.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
