@@ -35,6 +35,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.progress import Progress
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from vidshard.shards.decode import decode_frames, demux
 from vidshard.shards.loader import ClipLoader, LoaderConfig
@@ -269,9 +270,13 @@ def run_bench(cfg: LoaderBenchConfig, console: Any = None) -> dict[str, Any]:
         name = f"shard loader, {cfg.clips_per_sample} clips/sample"
         runs[name] = lambda: _time(_loader_epochs(kcfg), n, t, w, keys)
     measured: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
-    for _ in range(cfg.repeats):  # interleaved, so a busy moment of the machine hits every row alike
-        for name, run in runs.items():
-            measured[name].append(run())
+    with Progress(console=console, transient=True, disable=console is None) as progress:
+        task = progress.add_task("bench loader", total=cfg.repeats * len(runs))
+        for _ in range(cfg.repeats):  # interleaved, so a busy moment of the machine hits every row alike
+            for name, run in runs.items():
+                progress.update(task, description=f"bench loader: {name}")
+                measured[name].append(run())
+                progress.advance(task)
     # The median run of each row (the machine is shared; the median shrugs off one lucky or unlucky run).
     rows = {name: sorted(m, key=lambda r: r["clips_per_s"])[len(m) // 2] for name, m in measured.items()}
     shard = rows["shard loader"]["clips_per_s"]
