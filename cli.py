@@ -381,7 +381,7 @@ def bench_loader_cmd(
     clips_per_sample: int = typer.Option(None, "--clips-per-sample",
                                          help="K of the clips-per-sample row; 1 skips it (default 4)."),
     repeats: int = typer.Option(None, help="Measure the rows this many times, interleaved; report each "
-                                "row's median (default 3)."),
+                                "row's median and the median ratio within repeats (default 5)."),
     workdir: str = typer.Option(None, help="Folder for generated inputs, reused when present (default: a "
                                 "temporary folder)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),

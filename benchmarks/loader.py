@@ -24,6 +24,7 @@ import io
 import json
 import platform
 import random
+import statistics
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -67,8 +68,9 @@ class LoaderBenchConfig:
     """Clips timed per row and repeat (from starting the iterator)."""
     max_seconds: float = 8.0
     """Stop a run's timing after this long even if fewer clips arrived (the raw baseline is slow)."""
-    repeats: int = 3
-    """Rows are measured this many times, interleaved; the median run of each row is reported."""
+    repeats: int = 5
+    """Rows are measured this many times, interleaved; the median run of each row is reported, and
+    ratios are the median of the ratios within each repeat."""
     clips_per_sample: int = 4
     """K of the extra ``clips_per_sample`` row (1 skips it)."""
     seed: int = 0
@@ -279,18 +281,24 @@ def run_bench(cfg: LoaderBenchConfig, console: Any = None) -> dict[str, Any]:
                 progress.advance(task)
     # The median run of each row (the machine is shared; the median shrugs off one lucky or unlucky run).
     rows = {name: sorted(m, key=lambda r: r["clips_per_s"])[len(m) // 2] for name, m in measured.items()}
-    shard = rows["shard loader"]["clips_per_s"]
+    runs = {name: [r["clips_per_s"] for r in m] for name, m in measured.items()}
+
+    def ratio(num: str, den: str) -> float:
+        """Median over repeats of the ratio within each repeat: runs close in time share the machine's
+        load, so their ratio is steadier than the ratio of two medians."""
+        return round(statistics.median(a / b for a, b in zip(runs[num], runs[den], strict=True)), 2)
+
     result = {
         "config": asdict(cfg) | {"shardset": shardset, "raw": str(cfg.raw or raw)},
         "machine": machine(),
         "rows": rows,
-        "runs": {name: [r["clips_per_s"] for r in m] for name, m in measured.items()},
-        "speedup_vs_raw": round(shard / rows["raw videos (conventional)"]["clips_per_s"], 2),
-        "fraction_of_decode_limit": round(shard / rows["decode-only limit"]["clips_per_s"], 2),
+        "runs": runs,
+        "speedup_vs_raw": ratio("shard loader", "raw videos (conventional)"),
+        "fraction_of_decode_limit": ratio("shard loader", "decode-only limit"),
     }
     if cfg.clips_per_sample > 1:
-        k = rows[f"shard loader, {cfg.clips_per_sample} clips/sample"]["clips_per_s"]
-        result["clips_per_sample_gain"] = round(k / shard, 2)
+        result["clips_per_sample_gain"] = ratio(f"shard loader, {cfg.clips_per_sample} clips/sample",
+                                                "shard loader")
     return result
 
 
