@@ -384,6 +384,9 @@ def bench_loader_cmd(
                                 "row's median and the median ratio within repeats (default 5)."),
     workdir: str = typer.Option(None, help="Folder for generated inputs, reused when present (default: a "
                                 "temporary folder)."),
+    cache_dir: str = typer.Option(None, "--cache-dir", help="For an http(s) SHARDSET: download each shard "
+                                  "once into this folder (checked against the manifest's sha256) and "
+                                  "time the cached copies; reused by later runs."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Clips/s of the shard loader vs raw videos loaded the conventional way vs the decode-only limit."""
@@ -392,7 +395,7 @@ def bench_loader_cmd(
 
     given = dict(shardset=shardset, raw=raw, frames=frames, stride=stride, size=size, workers=workers,
                  batch_size=batch_size, clips=clips, clips_per_sample=clips_per_sample, repeats=repeats,
-                 workdir=workdir)
+                 workdir=workdir, cache_dir=cache_dir)
     console = Console()
     try:  # defaults live in LoaderBenchConfig: pass only what was given
         result = run_bench(LoaderBenchConfig(**{k: v for k, v in given.items() if v is not None}), console)

@@ -77,6 +77,9 @@ class LoaderBenchConfig:
     """Seed of the random clips."""
     workdir: str | None = None
     """Where generated inputs go (a temporary folder when None)."""
+    cache_dir: str | None = None
+    """For an ``http(s)`` shard set: download every shard once into this cache (sha256-checked) before
+    timing, then read the cached copies in every row; None streams the shards in every run."""
 
     def __post_init__(self) -> None:
         if min(self.frames, self.stride, self.size, self.batch_size, self.clips, self.clips_per_sample,
@@ -254,9 +257,11 @@ def run_bench(cfg: LoaderBenchConfig, console: Any = None) -> dict[str, Any]:
     shardset = cfg.shardset or str(shards)
     videos = list_videos(cfg.raw or raw)
     base = dict(source=shardset, frames=cfg.frames, stride=cfg.stride, size=cfg.size, workers=cfg.workers,
-                batch_size=cfg.batch_size, seed=cfg.seed, drop_last=False)
+                batch_size=cfg.batch_size, seed=cfg.seed, drop_last=False, cache_dir=cfg.cache_dir)
     spec = LoaderConfig(**base).clip_spec()
-    urls = resolve(shardset).urls
+    source = resolve(shardset, cfg.cache_dir)
+    # With a cache the download happens here, once, untimed; every row then reads the verified copies.
+    urls = [source.open_url(i) for i in range(len(source.urls))]
     keys = lambda b: len(b["key"])  # noqa: E731
     threads = LoaderConfig(**base).threads()  # decoder threads per worker, the same in every row
     raw_clips = RawClips(videos, spec, cfg.size, cfg.batch_size, cfg.seed, threads)

@@ -242,6 +242,30 @@ def test_bench_loader_rows_on_tiny_inputs(shard_set: Path, tmp_path: Path) -> No
     assert fig["speedup_vs_raw"] > 0 and "cpu" in fig["machine"]
 
 
+
+def test_bench_loader_over_http_reads_a_verified_cache(shard_set: Path, tmp_path: Path) -> None:
+    import threading
+
+    from typer.testing import CliRunner
+    from vidshard.cli import app
+    from vidshard.shards.schema import Manifest
+    from vidshard.shards.serve import ServeConfig, make_shard_server, url_of
+
+    raw = synth_video(tmp_path / "raw" / "cam.mp4", Synth(seconds=2, fps=25, width=96, height=72, gop=250))
+    srv = make_shard_server(ServeConfig(shardset=shard_set, port=0))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cache = tmp_path / "cache"
+        args = ["bench", "loader", url_of(srv), "--raw", str(raw.parent), "--frames", "4", "--size", "32",
+                "--workers", "0", "--batch-size", "2", "--clips", "4", "--repeats", "1",
+                "--clips-per-sample", "1", "--cache-dir", str(cache)]
+        res = CliRunner().invoke(app, args)
+    finally:
+        srv.shutdown()
+    assert res.exit_code == 0, res.output
+    cached = sorted(p.stem for p in cache.rglob("*.tar"))
+    assert cached == sorted(s.sha256 for s in Manifest.load(shard_set).shards)
+
 def test_raw_baseline_clip_is_the_asked_frames(tmp_path: Path) -> None:
     import random
 
