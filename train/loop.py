@@ -35,7 +35,7 @@ from .config import TrainConfig
 from .data import normalize, train_loader, val_loader_for
 from .distributed import DistInfo
 from .evaluate import evaluate_model
-from .metrics import Meter, RunLog, progress_bar
+from .metrics import Meter, RunLog, progress_bar, truncate_metrics
 from .objectives import Objective, get_objective
 from .optim import build_optimizer, lr_at, set_lr
 
@@ -134,6 +134,8 @@ def _resume(run: _Run) -> None:
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.step = int(ckpt["step"])
+    if run.info.is_main:
+        truncate_metrics(run.run_dir, run.step)
     run.rng = ckpt["rng"][run.info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"]
 
 

@@ -92,6 +92,17 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Drop records after ``step`` (a resumed run redoes those steps), atomically."""
+    from ..shards.schema import atomic_write
+
+    path = Path(run_dir) / METRICS_FILE
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        atomic_write(path, "".join(line + "\n" for line in keep).encode())
+
+
 def progress_bar(enabled: bool = True) -> Progress:
     """Step N/M, loss, clips/s and data-wait share, with elapsed and remaining time."""
     return Progress(

@@ -146,5 +146,9 @@ def test_sigkilled_cli_run_resumes_to_the_same_weights(motion_train: Path, tmp_p
                    capture_output=True)
     a, b = _weights(tmp_path / "full"), _weights(cut)
     assert load_checkpoint(cut)["step"] == 8
+    steps = [r["step"] for r in read_metrics(cut)]
+    assert steps == list(range(1, 9))  # lines logged after the checkpoint, before the kill, are dropped
+    full_losses = [r["loss"] for r in read_metrics(tmp_path / "full")]
+    assert [r["loss"] for r in read_metrics(cut)] == pytest.approx(full_losses, rel=1e-4)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
