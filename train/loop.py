@@ -208,7 +208,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
     run = _setup(cfg, info)
     val_loader = val_loader_for(cfg) if info.is_main else None
-    log = RunLog(run.run_dir, enabled=info.is_main)
+    log = RunLog(run.run_dir, enabled=info.is_main, resumed_at=run.step if run.step else None)
     meter, summary, val = Meter(), {"loss": float("nan")}, None
     ckpt = latest_checkpoint(run.run_dir) if info.is_main else None  # a finished run resumed: its last
     stop_at = min(run.total, run.step + cfg.stop_after) if cfg.stop_after else run.total

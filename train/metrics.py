@@ -57,7 +57,7 @@ class Meter:
 class RunLog:
     """``metrics.jsonl`` lines plus TensorBoard scalars; a no-op on ranks other than 0."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, resumed_at: int | None = None) -> None:
         self.enabled = enabled
         self._tb = None
         self._file = None
@@ -66,7 +66,8 @@ class RunLog:
             self._file = open(run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            # purge_step: TensorBoard hides events a killed run wrote after its last checkpoint
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resumed_at and resumed_at + 1)
 
     def write(self, step: int, values: dict[str, Any], prefix: str = "train") -> None:
         if not self.enabled:
