@@ -156,14 +156,31 @@ def _save(run: _Run) -> Path | None:
 
 
 def _validate(run: _Run, val_loader: Any) -> dict[str, Any] | None:
-    """Top-1/top-5 on the validation set, computed on rank 0 while the others wait."""
+    """Validation on rank 0 while the others wait: top-1/top-5 for a classifier, the mean held-out
+    loss for an objective without labels (MAE: masked reconstruction loss)."""
     result = None
-    if run.info.is_main and val_loader is not None and run.classes:
-        result = evaluate_model(run.model, val_loader, run.info.device, run.classes)
+    if run.info.is_main and val_loader is not None:
+        if run.objective.needs_labels and run.classes:
+            result = evaluate_model(run.model, val_loader, run.info.device, run.classes)
+        elif not run.objective.needs_labels:
+            result = _validation_loss(run, val_loader)
         run.model.train()
     if run.info.world_size > 1:
         torch.distributed.barrier()
     return result
+
+
+@torch.no_grad()
+def _validation_loss(run: _Run, val_loader: Any) -> dict[str, float]:
+    """Mean objective loss over the validation clips (first view of each sample)."""
+    run.model.eval()
+    total, clips = 0.0, 0
+    for batch in val_loader:
+        video = normalize(batch["video"][:, 0], run.info.device)  # (B, V, C, T, H, W) -> (B, C, T, H, W)
+        labels = batch["label"].to(run.info.device)
+        loss, _ = run.objective.loss(run.model, video, labels)
+        total, clips = total + loss.item() * len(labels), clips + len(labels)
+    return {"loss": total / max(clips, 1), "clips": clips}
 
 
 def _batches(run: _Run):

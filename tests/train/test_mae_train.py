@@ -66,6 +66,18 @@ def test_mae_trains_on_unlabeled_shardset_and_checkpoint_rebuilds(mae_run: tuple
     assert "encoder.blocks.11.attn.qkv.weight" in enc and not any(".head." in k for k in enc)
 
 
+
+def test_mae_validates_with_its_reconstruction_loss_even_on_a_labeled_set(tmp_path: Path) -> None:
+    import json
+
+    data = write_shardset(tmp_path / "unlabeled", labeled=False)
+    val = write_shardset(tmp_path / "labeled", labeled=True)  # labels are there, MAE ignores them
+    cfg = tiny_run(data, tmp_path / "run", objective="mae", mask_ratio=0.75, decoder_dim=64,
+                   decoder_depth=1, steps=2, val_data=str(val))
+    train(cfg)
+    result = json.loads((tmp_path / "run" / "val.json").read_text())
+    assert np.isfinite(result["loss"]) and result["loss"] > 0 and result["clips"] == 4
+
 def test_init_from_mae_checkpoint_finetunes_a_classifier(mae_run: tuple[Path, Path], tmp_path: Path) -> None:
     _, path = mae_run
     pretrained = load_checkpoint(path)["model"]
