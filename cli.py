@@ -354,16 +354,29 @@ def bench_preprocess_cmd(
     seconds: float = typer.Option(12.0, help="Length of each synthetic video, seconds."),
     workers: int = typer.Option(0, help="Parallel processes on both sides; 0 = all cores."),
     repeats: int = typer.Option(2, help="Alternating repeats; the best time of each side counts."),
-    json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    gop_sweep: bool = typer.Option(False, "--gop-sweep", help="Instead: file size against random "
+                                   "clip-decode speed for gop 4 to 250 (how the default --gop was chosen)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """vidshard preprocess against bare ffmpeg doing the identical transcode, same files and parallelism."""
     import json
 
-    from vidshard.benchmarks.preprocess import BenchConfig, bench_preprocess, report
+    from vidshard.benchmarks.preprocess import BenchConfig, bench_preprocess, report, sweep_report
+    from vidshard.benchmarks.preprocess import gop_sweep as sweep
+    from vidshard.shards.schema import atomic_write
 
-    res = bench_preprocess(BenchConfig(inputs=inputs, videos=videos, seconds=seconds, workers=workers,
-                                       repeats=repeats))
-    typer.echo(json.dumps(res.to_dict(), indent=2) if json_out else report(res))
+    if gop_sweep:
+        rows = sweep()
+        typer.echo(sweep_report(rows))
+        figures: object = rows
+    else:
+        res = bench_preprocess(BenchConfig(inputs=inputs, videos=videos, seconds=seconds, workers=workers,
+                                           repeats=repeats))
+        typer.echo(report(res))
+        figures = res.to_dict()
+    if json_out is not None:
+        atomic_write(json_out, (json.dumps(figures, indent=2) + "\n").encode())
+        typer.echo(f"figures written to {json_out}")
 
 
 @bench_app.command("loader")

@@ -12,8 +12,6 @@ source video per second of wall time, and the ratio vidshard / ffmpeg.
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -203,22 +201,12 @@ def sweep_report(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--inputs", type=Path, default=None, help="folder of videos (default: generate)")
-    ap.add_argument("--videos", type=int, default=BenchConfig.videos)
-    ap.add_argument("--seconds", type=float, default=BenchConfig.seconds)
-    ap.add_argument("--workers", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=BenchConfig.repeats)
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    ap.add_argument("--gop-sweep", action="store_true", help="measure size vs clip-decode speed per gop")
-    a = ap.parse_args(argv)
-    if a.gop_sweep:
-        rows = gop_sweep()
-        print(json.dumps(rows, indent=2) if a.json else sweep_report(rows))
-        return
-    res = bench_preprocess(BenchConfig(inputs=a.inputs, videos=a.videos, seconds=a.seconds, workers=a.workers,
-                                       repeats=a.repeats))
-    print(json.dumps(res.to_dict(), indent=2) if a.json else report(res))
+    """``python -m vidshard.benchmarks.preprocess [OPTIONS]`` is ``vidshard bench preprocess [OPTIONS]``."""
+    import sys
+
+    from vidshard.cli import app
+
+    app(["bench", "preprocess", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

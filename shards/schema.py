@@ -15,9 +15,10 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 FORMAT = "vidshard/1"
 MANIFEST = "manifest.json"
@@ -238,14 +239,21 @@ class Manifest:
         return atomic_write(Path(folder) / MANIFEST, self.to_json().encode("utf-8"))
 
 
-def atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one.
+
+    ``data`` is the bytes, or a function that writes them to the open file (so a large object,
+    such as a checkpoint, is streamed rather than held in memory twice).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; a shard set is shared and served
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

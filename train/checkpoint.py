@@ -8,9 +8,7 @@ model without the run folder: ``config`` (the TrainConfig), ``objective``,
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..shards.schema import fsync_dir
+from ..shards.schema import atomic_write
 
 FORMAT = "vidshard-checkpoint/1"
 CKPT_DIR = "checkpoints"
@@ -39,18 +37,7 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep: int | None = None) 
 
     With ``keep``, older ``step-*.pt`` files beside it are removed so ``keep`` remain.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
     if keep is not None:
         for old in sorted(path.parent.glob("step-*.pt"))[:-keep]:
             old.unlink(missing_ok=True)

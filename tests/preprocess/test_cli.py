@@ -82,3 +82,21 @@ def test_benchmark_reports_both_sides(tmp_path: Path) -> None:
     d = res.to_dict()
     assert d["videos"] == 2 and d["video_seconds"] == 2.0
     assert d["ffmpeg_s"] > 0 and d["vidshard_s"] > 0 and d["ratio"] == d["ffmpeg_s"] / d["vidshard_s"]
+
+
+def test_bench_command_writes_json_and_offers_the_gop_sweep(tmp_path: Path) -> None:
+    assert "--gop-sweep" in runner.invoke(app, ["bench", "preprocess", "--help"], terminal_width=200).output
+    out = tmp_path / "pre.json"
+    res = runner.invoke(app, ["bench", "preprocess", "--videos", "1", "--seconds", "1", "--workers", "1",
+                              "--repeats", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "ratio" in res.output and json.loads(out.read_text())["videos"] == 1
+
+
+def test_gop_sweep_rows() -> None:
+    from vidshard.benchmarks.preprocess import gop_sweep
+
+    rows = gop_sweep(gops=(4, 64), clips=3, seconds=2.0, short_side=64)
+    assert [r["gop"] for r in rows] == [4, 64]
+    assert rows[0]["kbytes_per_s"] > rows[1]["kbytes_per_s"] > 0  # more keyframes cost bytes
+    assert all(r["clips_per_s"] > 0 for r in rows)
