@@ -53,33 +53,33 @@ VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
 
 @dataclass(frozen=True, kw_only=True)
 class LoaderConfig:
-    """How to read clips from a shard set."""
+    """How to read clips from a shard set (clip defaults come from ``ClipSpec``, their one home)."""
 
     source: str
     """Shard set: folder, manifest.json path/URL, http(s):// prefix, brace pattern or pipe: command."""
-    frames: int = 16
+    frames: int = ClipSpec.frames
     """Frames per clip (T)."""
-    stride: int = 4
+    stride: int = ClipSpec.stride
     """Dense sampling: take every ``stride``-th frame."""
     size: int = 224
     """Output height and width in pixels."""
-    sampling: str = "dense"
+    sampling: str = ClipSpec.sampling
     """``dense`` (T frames at ``stride``) or ``uniform`` (T frames spread over the whole sample)."""
-    short: str = "repeat"
+    short: str = ClipSpec.short
     """Dense clips longer than the sample: ``repeat`` the last frame or ``loop`` back to the start."""
-    train: bool = True
+    train: bool = ClipSpec.train
     """Training (random start, random resized crop, flip, shuffling) or evaluation (centre, views)."""
-    scale: tuple[float, float] = (0.08, 1.0)
+    scale: tuple[float, float] = ClipSpec.scale
     """Training crop: range of the crop's area as a fraction of the frame."""
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    ratio: tuple[float, float] = ClipSpec.ratio
     """Training crop: range of the crop's aspect ratio (width / height)."""
-    flip: bool = True
+    flip: bool = ClipSpec.flip
     """Training: flip half of the clips horizontally."""
-    temporal_views: int = 1
+    temporal_views: int = ClipSpec.temporal_views
     """Evaluation: clips per sample spread over time."""
-    spatial_views: int = 1
+    spatial_views: int = ClipSpec.spatial_views
     """Evaluation: square crops per clip along the long side (1 = centre, 3 = left/centre/right)."""
-    clips_per_sample: int = 1
+    clips_per_sample: int = ClipSpec.clips_per_sample
     """Training: clips cut from each decoded sample (different offsets and crops), sharing its decode."""
     batch_size: int = 8
     """Clips per batch."""
