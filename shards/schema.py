@@ -58,6 +58,12 @@ class MemberError(ValueError):
     """A tar member or its metadata breaks the format (wrong type, too large, not a regular
     file); the sample is corrupt. The message says what is wrong, not where: callers add that."""
 
+    def __init__(self, message: str, reason: str = "bad metadata") -> None:
+        super().__init__(message)
+        self.reason = reason
+        """Short kind of problem, for counting skipped samples: ``bad metadata``,
+        ``not a regular file``, ``oversize member`` or ``badly named member``."""
+
 
 def shard_name(prefix: str, index: int) -> str:
     """``train-000042.tar``: six digits, so names sort in order."""
@@ -324,10 +330,11 @@ def check_tar_member(m: tarfile.TarInfo) -> tuple[str, str]:
     if not m.isreg():
         kind = ("symlink" if m.issym() else "hard link" if m.islnk() else "directory" if m.isdir()
                 else "special file")
-        raise MemberError(f"member {m.name[:80]!r} is a {kind}; shards hold regular files only")
+        raise MemberError(f"member {m.name[:80]!r} is a {kind}; shards hold regular files only",
+                          "not a regular file")
     key, dot, ext = m.name.rpartition("/")[2].partition(".")
     if not dot or not key:
-        raise MemberError(f"member {m.name[:80]!r} is not named KEY.EXT")
+        raise MemberError(f"member {m.name[:80]!r} is not named KEY.EXT", "badly named member")
     check_member_size(ext, m.size)
     return key, ext
 
@@ -342,7 +349,8 @@ def check_member_size(ext: str, size: int) -> None:
     (:data:`MEMBER_MAX_BYTES`): readers check the header's size before reading the data."""
     cap = member_max_bytes(ext)
     if size > cap:
-        raise MemberError(f".{ext[:20]} member of {size} bytes is over the {cap}-byte cap for that type")
+        raise MemberError(f".{ext[:20]} member of {size} bytes is over the {cap}-byte cap for that type",
+                          "oversize member")
 
 
 @dataclass(kw_only=True)
