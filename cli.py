@@ -245,7 +245,7 @@ def verify_cmd(
         typer.echo(f"warning: {line}", err=True)
     for line in result.problems:
         typer.echo(f"problem: {line}", err=True)
-    for status in ("missing", "corrupt"):
+    for status in ("missing", "corrupt", "refused"):
         names = [c.name for c in result.bad if c.status == status]
         if names:
             typer.echo(f"{status}: {' '.join(names)}", err=True)

@@ -49,6 +49,7 @@ from .batches import SLOTS, LoaderStats, SlotRing, copy_out, rebatch
 from .decode import INTERPOLATIONS, crop_resize, decode_views
 from .location import ShardSource, resolve
 from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec, plan_sample
+from .schema import ManifestError
 from .split import Span, batches_per_epoch, rank_spans, samples_per_rank, unsized_spans, worker_spans
 from .tarsamples import tar_samples
 
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
 UNLABELED = -1  # the label of a sample without one
 MAX_LABEL = 2**31 - 1  # bound on a label when the manifest names no classes
-MIN_SAMPLE_BYTES = 1024  # one tar header block and one data block: no sample in a shard is smaller
+MIN_SAMPLE_BYTES = 512  # one tar header: no sample is smaller (the bound schema.check_shard_entry uses)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,7 +177,7 @@ def check_claims(source: ShardSource) -> None:
             with contextlib.suppress(OSError):  # a missing shard is reported when it is read
                 present = min(present, os.path.getsize(url))
         if info.samples > present // MIN_SAMPLE_BYTES:
-            raise ValueError(f"{source.base}: manifest entry {info.name} claims {info.samples} samples in "
+            raise ManifestError(f"{source.base}: manifest entry {info.name} claims {info.samples} samples in "
                              f"{present} bytes, more than {present // MIN_SAMPLE_BYTES} can fit; the "
                              "manifest or the shard is damaged (run `vidshard verify` on the set)")
 
