@@ -266,6 +266,10 @@ def serve_cmd(
                              "machine only)."),
     port: int = typer.Option(_sh_default("serve", "ServeConfig", "port"),
                              help="TCP port; 0 picks a free one."),
+    max_connections: int = typer.Option(_sh_default("serve", "ServeConfig", "max_connections"),
+                                        help="Connections served at once; more get 503 (clients retry)."),
+    idle_timeout: float = typer.Option(_sh_default("serve", "ServeConfig", "idle_timeout"),
+                                       help="Seconds before a silent connection is closed."),
 ) -> None:
     """Serve a shard set read-only over HTTP to other machines.
 
@@ -275,7 +279,8 @@ def serve_cmd(
     from vidshard.shards.serve import ServeConfig, serve
 
     try:
-        cfg = ServeConfig(shardset=shardset, host=host, port=port)
+        cfg = ServeConfig(shardset=shardset, host=host, port=port, max_connections=max_connections,
+                          idle_timeout=idle_timeout)
         serve(cfg)
     except (OSError, ValueError) as e:
         raise _sh_fail(e) from None
