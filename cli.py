@@ -156,6 +156,7 @@ def train_cmd(
     keep_checkpoints: int = typer.Option(None, help=_tr_help("keep_checkpoints")),
     stop_after: int = typer.Option(None, help=_tr_help("stop_after")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir")),
+    timeout: float = typer.Option(None, help=_tr_help("timeout")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a video ViT on a shard set (supervised from its labels, or MAE pretraining).
@@ -191,6 +192,7 @@ def eval_cmd(
     device: str = typer.Option(None, help=_tr_help("device", "EvalConfig")),
     threads: int = typer.Option(None, help=_tr_help("threads", "EvalConfig")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir", "EvalConfig")),
+    timeout: float = typer.Option(None, help=_tr_help("timeout", "EvalConfig")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Top-1 / top-5 and per-class accuracy of a checkpoint, scores averaged over several views."""
@@ -199,7 +201,7 @@ def eval_cmd(
 
     options = dict(data=shardset, checkpoint=checkpoint, out=out, temporal_views=temporal_views,
                    spatial_views=spatial_views, batch_size=batch_size, workers=workers, device=device,
-                   threads=threads, cache_dir=cache_dir, progress=False if quiet else None)
+                   threads=threads, cache_dir=cache_dir, timeout=timeout, progress=False if quiet else None)
     result = _tr_run(evaluate, _tr_run(build_config, EvalConfig, None, options))
     print_table(result)
     typer.echo(f"top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%}; wrote {result['out']}")
