@@ -115,3 +115,21 @@ def test_output_trouble_names_a_folder_that_cannot_be_written(tmp_path: Path) ->
     assert "No space left" in output_trouble(tmp_path, need=0, hint="[out#0] Error writing: No space left "
                                              "on device")
     assert output_trouble(tmp_path, need=0, hint="moov atom not found") is None
+
+
+def test_a_failed_encode_is_blamed_on_the_disk_only_when_the_disk_is_in_trouble(tmp_path: Path) -> None:
+    """Not only ffmpeg's words: the staging folder's free space and writability decide."""
+    from vidshard.preprocess.encode import EncodeJob, encode_video
+    from vidshard.preprocess.inputs import InputItem
+
+    (tmp_path / "bad.mp4").write_bytes(b"\0" * 5000)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    job = EncodeJob(item=InputItem(path=tmp_path / "bad.mp4", rel="bad.mp4"), label=None, staging=staging)
+    healthy = encode_video(job, PreprocessConfig(input=tmp_path, output=tmp_path / "o", min_free_space=0))
+    assert healthy.output_trouble is None and healthy.reason  # the input's fault
+    full = encode_video(job, PreprocessConfig(input=tmp_path, output=tmp_path / "o", min_free_space=1 << 60))
+    assert full.staged is None and str(staging) in full.output_trouble and "free" in full.output_trouble
+    gone = EncodeJob(item=job.item, label=None, staging=tmp_path / "unmounted")
+    lost = encode_video(gone, PreprocessConfig(input=tmp_path, output=tmp_path / "o", min_free_space=0))
+    assert str(tmp_path / "unmounted") in lost.output_trouble
