@@ -68,6 +68,7 @@ def preprocess_cmd(
     from vidshard.preprocess.inputs import InputError
     from vidshard.preprocess.plan import parse_part
     from vidshard.preprocess.run import preprocess
+    from vidshard.preprocess.space import OutputFailure
     from vidshard.preprocess.store import SettingsMismatch
 
     try:
@@ -78,6 +79,9 @@ def preprocess_cmd(
             workers=workers, part=parse_part(part) if part else None, retry_failed=retry_failed,
             dry_run=dry_run, quiet=quiet, strict=strict, min_free_space=parse_size(min_free_space))
         result = preprocess(cfg)
+    except OutputFailure as e:  # the disk under OUTPUT, not the input: exit 3 means "free space, run again"
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3) from None
     except (ValueError, InputError, SettingsMismatch, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

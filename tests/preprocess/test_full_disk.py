@@ -86,6 +86,7 @@ def test_a_full_disk_stops_cleanly_and_the_next_run_encodes_everything(tmp_path:
         assert failures1 == "", f"free={free}: a good video was recorded as failed:\n{failures1}\n{out1}"
         if rc1 != 0:  # the disk filled up: a clean stop that names the folder and its free space
             stopped += 1
+            assert rc1 == 3, out1
             assert "error:" in out1 and str(mnt / f"out-{free}") in out1 and "free" in out1, out1
             assert "Traceback" not in out1 and "run the same command again" in out1, out1
         out2, rc2 = (r / "out2").read_text(), int((r / "rc2").read_text())
@@ -105,6 +106,16 @@ def test_the_margin_stops_the_run_before_encoding(tmp_path: Path, inputs: Path) 
     again = preprocess(PreprocessConfig(input=inputs, output=tmp_path / "out", quiet=True, workers=1,
                                         short_side=64, chunk_seconds=1.0), console=Console(quiet=True))
     assert again.encoded == 3 and again.total.videos_failed == 0
+
+
+def test_the_cli_exits_3_on_output_trouble(tmp_path: Path, inputs: Path) -> None:
+    from typer.testing import CliRunner
+    from vidshard.cli import app
+
+    res = CliRunner().invoke(app, ["preprocess", str(inputs), str(tmp_path / "out"), "--quiet",
+                                   "--min-free-space", "100000TiB"])
+    assert res.exit_code == 3 and "--min-free-space" in res.output and "Traceback" not in res.output
+    assert "run the same command again" in res.output
 
 
 def test_output_trouble_names_a_folder_that_cannot_be_written(tmp_path: Path) -> None:

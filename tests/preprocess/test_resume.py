@@ -65,14 +65,15 @@ def check_consistent(out: Path) -> list[str]:
     return keys
 
 
-# About 30 KB a sample: two samples fill a 64 KiB shard, so a run of 8 videos commits about 8 shards.
-KILL_OPTS = {"short_side": 96, "crf": 16}
+# About 20 KB a sample: three fill a 64 KiB shard, so a run of 8 videos commits 6 shards and a video
+# (2 samples) often straddles two shards: one listed, one orphaned or open when the kill lands.
+KILL_OPTS = {"short_side": 96, "crf": 18}
 
 
 def cli(src: Path, out: Path) -> list[str]:
     """The CLI command equal to ``run(src, out, **KILL_OPTS)``."""
     return [sys.executable, "-m", "vidshard.cli", "preprocess", str(src), str(out), "--quiet", "--workers",
-            "2", "--chunk-seconds", "1", "--min-chunk-seconds", "0.5", "--short-side", "96", "--crf", "16",
+            "2", "--chunk-seconds", "1", "--min-chunk-seconds", "0.5", "--short-side", "96", "--crf", "18",
             "--gop", "8", "--shard-size", "64KiB"]
 
 
@@ -135,19 +136,20 @@ def test_sigkill_at_three_moments_then_rerun_finishes_exactly_once(tmp_path: Pat
                 for v in json.loads(line)["videos"]}
     assert 0 < len(finished) < 8
     staged = published(out) - finished
+    state = (finished, staged, staging_names(out), sorted(p.name for p in src.rglob("*")))
     result = run(src, out, **KILL_OPTS)
-    assert result.resumed == len(staged) and result.encoded == 8 - len(finished) - len(staged)
+    assert result.resumed == len(staged), (state, result)
+    assert result.encoded == 8 - len(finished) - len(staged), (state, result)
     keys = check_consistent(out)
     assert set(keys) == expected_keys(src) and result.total.videos_ok == 8
-    assert len(Manifest.load(out).shards) >= 6
+    assert len(Manifest.load(out).shards) >= 5
     assert not list(out.glob(".*.tmp")) and not (out / ".vidshard" / "staging").exists()
 
 
 def test_sigkill_between_shard_rename_and_journal(tmp_path: Path) -> None:
     """The narrowest window, hit by a real SIGKILL: the second shard of the run has its final name,
-    no journal line lists it yet (the process waits at a pause point only tests enable). Videos of
-    3 samples in shards of 2 straddle shards, so a listed shard holds part of a re-packed video."""
-    src, out = make_inputs(tmp_path / "in", 6, seconds=3.0), tmp_path / "out"
+    no journal line lists it yet (the process waits at a pause point only tests enable)."""
+    src, out = make_inputs(tmp_path / "in", 6), tmp_path / "out"
     marker = tmp_path / "paused"
     env = {**os.environ, "VIDSHARD_TEST_PAUSE": "after-shard-rename:2",
            "VIDSHARD_TEST_PAUSE_MARKER": str(marker)}
@@ -159,7 +161,7 @@ def test_sigkill_between_shard_rename_and_journal(tmp_path: Path) -> None:
     check_consistent(out)
     waiting = published(out)  # among them the videos of the orphan shard
     result = run(src, out, **KILL_OPTS)
-    assert set(check_consistent(out)) == expected_keys(src, seconds=3.0)
+    assert set(check_consistent(out)) == expected_keys(src)
     assert result.resumed == len(waiting) > 0 and result.encoded == 6 - len(waiting) - result.skipped
     assert not list(out.glob(".*.tmp")) and not (out / ".vidshard" / "staging").exists()
 
