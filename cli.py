@@ -59,12 +59,16 @@ def preprocess_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Probe inputs, show the plan, encode nothing."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar: plain log lines (for batch logs)."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input failed."),
+    min_free_space: str = typer.Option("256MiB", help="Stop cleanly (no video marked failed) when OUTPUT's "
+                                       "disk has less free space than this; 0 = no margin (a full disk is "
+                                       "still detected)."),
 ) -> None:
     """Re-encode raw videos into short resized H.264 clips in WebDataset tar shards (+ manifest.json)."""
     from vidshard.preprocess.config import PreprocessConfig, parse_size
     from vidshard.preprocess.inputs import InputError
     from vidshard.preprocess.plan import parse_part
     from vidshard.preprocess.run import preprocess
+    from vidshard.preprocess.space import OutputFailure
     from vidshard.preprocess.store import SettingsMismatch
 
     try:
@@ -73,8 +77,11 @@ def preprocess_cmd(
             short_side=short_side, fps=fps or None, crf=crf, gop=gop, preset=preset, keep_audio=keep_audio,
             labels_from_dirs=labels_from_dirs, shard_size=parse_size(shard_size), prefix=prefix,
             workers=workers, part=parse_part(part) if part else None, retry_failed=retry_failed,
-            dry_run=dry_run, quiet=quiet, strict=strict)
+            dry_run=dry_run, quiet=quiet, strict=strict, min_free_space=parse_size(min_free_space))
         result = preprocess(cfg)
+    except OutputFailure as e:  # the disk under OUTPUT, not the input: exit 3 means "free space, run again"
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3) from None
     except (ValueError, InputError, SettingsMismatch, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -70,6 +70,9 @@ class PreprocessConfig:
     """No live progress bar: plain log lines only (for batch jobs and log files)."""
     strict: bool = False
     """Exit non-zero when any input failed (by default: only when none succeeded)."""
+    min_free_space: int = 256 << 20
+    """Stop cleanly (blaming no video) when the disk of OUTPUT has less free space than this, before
+    and while encoding; 0 turns the margin off (a disk that really fills up is still detected)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
@@ -96,6 +99,8 @@ class PreprocessConfig:
             raise ValueError(f"prefix {self.prefix!r} may hold only letters, digits, '_' and '-'")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
+        if self.min_free_space < 0:
+            raise ValueError(f"min_free_space must be >= 0 bytes, got {self.min_free_space}")
         if self.part is not None and not 1 <= self.part[0] <= self.part[1]:
             raise ValueError(f"part {self.part}: expected (I, N) with 1 <= I <= N")
 

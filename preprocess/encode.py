@@ -25,6 +25,7 @@ from .ffmpeg import FFmpegError, TranscodeSpec, transcode
 from .inputs import InputItem
 from .plan import chunk_bounds, split_points
 from .probe import ProbeError, ProbeInfo, open_local, probe
+from .space import OUTPUT_ERRNOS, output_trouble
 
 META = "meta.json"
 # Shortfall that counts as a stream failing half-way (with ffmpeg reporting errors).
@@ -57,10 +58,18 @@ class EncodeOutcome:
     """Seconds of source video covered (for progress)."""
     stopped: bool = False
     """ffmpeg was stopped from outside: not the file's fault, so not a failure; a re-run retries it."""
+    output_trouble: str | None = None
+    """The OUTPUT side failed (disk full, read-only, ...; see ``space.py``): not the file's fault;
+    the run stops and a re-run encodes the file."""
 
 
 class EncodeFailure(Exception):
     """One input cannot be used; ``str(e)`` is the reason for ``failures.jsonl``."""
+
+    def __init__(self, reason: str, stderr: str = "") -> None:
+        super().__init__(reason)
+        self.stderr = stderr
+        """ffmpeg's error output, when ffmpeg failed (read to tell a full disk from a bad input)."""
 
 
 class Stopped(Exception):
@@ -75,12 +84,10 @@ def encode_video(job: EncodeJob, cfg: PreprocessConfig) -> EncodeOutcome:
     tmp = job.staging / f"{job.item.vid}.{os.getpid()}.tmp"
     try:
         meta = _encode_into(job, cfg, tmp)
-    except (EncodeFailure, ProbeError) as e:
-        return EncodeOutcome(item=job.item, reason=str(e))
     except Stopped as e:
         return EncodeOutcome(item=job.item, reason=str(e), stopped=True)
     except Exception as e:  # a bug or an unforeseen input must not stop the run
-        return EncodeOutcome(item=job.item, reason=f"unexpected error ({type(e).__name__}: {e})")
+        return _failed(job, cfg, e)
     finally:
         if tmp.exists() and not (tmp / META).exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -89,6 +96,19 @@ def encode_video(job: EncodeJob, cfg: PreprocessConfig) -> EncodeOutcome:
     except OSError:  # another (orphaned) worker finished it first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return EncodeOutcome(item=job.item, staged=done, seconds=meta["seconds"])
+
+
+def _failed(job: EncodeJob, cfg: PreprocessConfig, e: Exception) -> EncodeOutcome:
+    """The outcome of a failed encode: the input's fault, unless the OUTPUT side is in trouble.
+
+    Called before the partial output is deleted: deleting it frees the space that ran out."""
+    reason = str(e) if isinstance(e, (EncodeFailure, ProbeError)) else \
+        f"unexpected error ({type(e).__name__}: {e})"
+    hint = e.stderr if isinstance(e, EncodeFailure) else ""
+    if isinstance(e, OSError) and e.errno in OUTPUT_ERRNOS:
+        hint += os.strerror(e.errno)
+    trouble = output_trouble(job.staging, cfg.min_free_space, hint=hint)
+    return EncodeOutcome(item=job.item, reason=reason, output_trouble=trouble)
 
 
 def segment_of(item: InputItem, info: ProbeInfo) -> tuple[float, float]:
@@ -128,7 +148,7 @@ def _encode_into(job: EncodeJob, cfg: PreprocessConfig, tmp: Path) -> dict[str, 
         if e.stopped:
             raise Stopped("ffmpeg was stopped by a signal") from None
         last = e.stderr_tail.strip().splitlines()[-1:] or [str(e).splitlines()[0]]
-        raise EncodeFailure(f"ffmpeg could not decode the video: {last[0]}") from None
+        raise EncodeFailure(f"ffmpeg could not decode the video: {last[0]}", e.stderr_tail) from None
     chunks = [_chunk_facts(f, cfg.short_side) for f in files]
     covered = sum(c["duration"] for c in chunks)
     if not chunks or covered <= 0:

@@ -7,7 +7,6 @@ folder; this process alone writes shards, the journal, the manifest and
 
 from __future__ import annotations
 
-import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +17,12 @@ from vidshard.shards.schema import failure_record
 
 from .config import PreprocessConfig
 from .encode import EncodeFailure, EncodeJob, EncodeOutcome, encode_video, read_staged, segment_of
-from .inputs import InputItem, list_inputs
+from .inputs import InputError, InputItem, list_inputs
 from .plan import chunk_bounds, class_list, output_size, part_of, part_prefix
 from .pool import EncodePool
 from .probe import ProbeError, probe
 from .report import RunFigures, VideoProgress, summary_lines, summary_table
+from .space import AFTER, OutputFailure, check_margin, output_errors
 from .store import STATE_DIR, OutputStore
 
 
@@ -70,35 +70,55 @@ def select_inputs(cfg: PreprocessConfig) -> tuple[list[InputItem], list[str] | N
     return unique, names
 
 
+def check_folders(cfg: PreprocessConfig) -> None:
+    """Refuse an OUTPUT that is the INPUT folder (its own shards, manifest and journal would be read
+    back as input videos) or that holds INPUT (deleting or sharing the shard-set folder would take
+    the raw videos along). OUTPUT inside INPUT is fine: the input walk skips it."""
+    if not cfg.input.is_dir():
+        return
+    inp, out = cfg.input.resolve(), cfg.output.resolve()
+    if inp == out:
+        raise InputError(f"OUTPUT {cfg.output} is the INPUT folder {cfg.input}: the shard set would be "
+                         f"read back as input videos. Use a separate folder, e.g. {inp}-shards")
+    if out in inp.parents:
+        raise InputError(f"INPUT {cfg.input} is inside OUTPUT {cfg.output}: the shard-set folder is what "
+                         f"you copy, share and delete, so it must not hold the raw videos. Use another "
+                         f"OUTPUT, e.g. {inp}-shards")
+
+
 def preprocess(cfg: PreprocessConfig, console: Console | None = None) -> PreprocessResult:
     """Preprocess ``cfg.input`` into the shard set ``cfg.output`` (resuming / adding to it)."""
     console = console or Console(stderr=True, quiet=False)
     t0 = time.monotonic()
+    check_folders(cfg)
     items, names = select_inputs(cfg)
-    if not cfg.dry_run:
-        cfg.output.mkdir(parents=True, exist_ok=True)
     store = OutputStore(cfg.output, cfg.settings(), part_prefix(cfg.prefix, cfg.part), cfg.shard_size)
     if cfg.dry_run:
         store.load()  # reads only: a dry run changes nothing on disk
     else:
-        store.recover()
+        with output_errors(cfg.output):
+            cfg.output.mkdir(parents=True, exist_ok=True)
+            store.recover()
     classes = class_list(names, store.classes)
     if cfg.retry_failed:
         todo = [it for it in items if not store.is_done(it.vid)]
     else:
         todo = [it for it in items if not store.is_done(it.vid) and not store.is_failed(it.vid)]
+    skipped = len(items) - len(todo)
     if cfg.dry_run:
-        _show_plan(cfg, todo, len(items) - len(todo), console)
-        return _result(cfg, store, _Tally(), t0, len(items) - len(todo))
+        _show_plan(cfg, todo, skipped, console)
+        return _result(cfg, store, _Tally(), t0, skipped)
     shards_before, bytes_before = len(store.shards), sum(s.bytes for s in store.shards)
-    store.begin(classes)
     labels = {name: i for i, name in enumerate(classes or [])}
     jobs = [EncodeJob(item=it, label=labels.get(it.label_name), staging=store.staging) for it in todo]
-    tally = _encode_all(cfg, store, jobs, console)
-    store.finish()
+    with output_errors(cfg.output):
+        check_margin(cfg.output, cfg.min_free_space)
+        store.begin(classes)
+        tally = _encode_all(cfg, store, jobs, console)
+        store.finish()
     tally.shards = len(store.shards) - shards_before
     tally.bytes_out = sum(s.bytes for s in store.shards) - bytes_before
-    result = _result(cfg, store, tally, t0, len(items) - len(todo))
+    result = _result(cfg, store, tally, t0, skipped)
     _show_summary(cfg, result, console)
     return result
 
@@ -117,6 +137,7 @@ def _encode_all(cfg: PreprocessConfig, store: OutputStore, jobs: list[EncodeJob]
                 tally.resumed += 1
             for out in pool.results(todo) if pool else ():
                 _handle(out, store, tally, bar, cfg, console)
+                check_margin(cfg.output, cfg.min_free_space)  # stop before the disk is full
     except BaseException:
         store.abort()  # the open shard is dropped; its videos stay staged for the next run
         if pool is not None:
@@ -145,9 +166,8 @@ class _Tally:
 def _handle(out: EncodeOutcome, store: OutputStore, tally: _Tally,
             bar: VideoProgress, cfg: PreprocessConfig, console: Console) -> None:
     item = out.item
-    if out.staged is None and "No space left on device" in (out.reason or ""):
-        raise OSError(errno.ENOSPC, f"disk full while encoding {item.display} into {store.staging}; "
-                      "free some space and run the same command again (finished work is kept)")
+    if out.output_trouble:  # not the file's fault: record nothing, stop, a re-run encodes it
+        raise OutputFailure(f"stopped while encoding {item.display}: {out.output_trouble}. {AFTER}")
     if out.stopped:  # not the file's fault: no failure record, the next run tries it again
         tally.stopped += 1
         console.print(f"stopped: {item.display}: {out.reason}; run again to finish it", markup=False,

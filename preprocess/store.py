@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,8 @@ class OutputStore:
         if info is not None:
             self.shards.append(info)
         shard = dataclasses.asdict(info) if info else None
+        if info is not None:
+            _test_pause("after-shard-rename", info.name)  # the shard has its final name, no journal line
         self._append_journal({"shard": shard, "keys": keys, "videos": videos})
         self.packed.update(keys)
         self.videos.update(videos)
@@ -261,6 +264,24 @@ class OutputStore:
     def _rewrite_failures(self) -> None:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.failures.values())
         atomic_write(self.folder / FAILURES, text.encode("utf-8"))
+
+
+_pauses: dict[str, int] = {}
+
+
+def _test_pause(point: str, detail: str) -> None:
+    """Tests only: with ``VIDSHARD_TEST_PAUSE=POINT:N`` the N-th time this process reaches ``point``
+    it writes ``detail`` to the file ``$VIDSHARD_TEST_PAUSE_MARKER`` and sleeps, so a test can
+    SIGKILL it at exactly this moment (a real kill: no cleanup runs). Unset, this does nothing."""
+    want = os.environ.get("VIDSHARD_TEST_PAUSE", "")
+    if not want.startswith(point + ":"):
+        return
+    _pauses[point] = _pauses.get(point, 0) + 1
+    if str(_pauses[point]) == want.rsplit(":", 1)[1]:
+        marker = Path(os.environ["VIDSHARD_TEST_PAUSE_MARKER"])
+        marker.with_name(marker.name + ".tmp").write_text(detail, encoding="utf-8")
+        marker.with_name(marker.name + ".tmp").rename(marker)  # the test sees all of it or nothing
+        time.sleep(600)
 
 
 def _read_jsonl_by(path: Path, key: str) -> dict[str, dict[str, Any]]:

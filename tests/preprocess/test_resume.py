@@ -17,7 +17,7 @@ from rich.console import Console
 from vidshard.preprocess.config import PreprocessConfig
 from vidshard.preprocess.ffmpeg import Synth, synth_video
 from vidshard.preprocess.run import preprocess
-from vidshard.preprocess.store import NotOurOutput, OutputStore, SettingsMismatch
+from vidshard.preprocess.store import NotOurOutput, SettingsMismatch
 from vidshard.shards.schema import Manifest, sample_key, video_id
 
 OPTS = {"chunk_seconds": 1.0, "min_chunk_seconds": 0.5, "short_side": 64, "gop": 8, "shard_size": 1 << 16}
@@ -65,65 +65,105 @@ def check_consistent(out: Path) -> list[str]:
     return keys
 
 
-def test_sigkill_at_any_moment_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
-    src, out = make_inputs(tmp_path / "in", 8), tmp_path / "out"
-    cmd = [sys.executable, "-m", "vidshard.cli", "preprocess", str(src), str(out), "--quiet",
-           "--workers", "2", "--chunk-seconds", "1", "--min-chunk-seconds", "0.5", "--short-side", "64",
-           "--gop", "8", "--shard-size", "64KiB"]
-    # Kill (the whole process group, ffmpeg included) when a worker staged a video, then after a shard
-    # was committed, then right after start-up.
-    conditions = [
-        lambda: any((out / ".vidshard" / "staging").glob("*/meta.json")),
-        lambda: (out / ".vidshard" / "journal.jsonl").exists(),
-        lambda: (out / "manifest.json").exists(),
-    ]
-    for cond in conditions:
-        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and not cond() and time.monotonic() < deadline:
+# About 20 KB a sample: three fill a 64 KiB shard, so a run of 8 videos commits 6 shards and a video
+# (2 samples) often straddles two shards: one listed, one orphaned or open when the kill lands.
+KILL_OPTS = {"short_side": 96, "crf": 18}
+
+
+def cli(src: Path, out: Path) -> list[str]:
+    """The CLI command equal to ``run(src, out, **KILL_OPTS)``."""
+    return [sys.executable, "-m", "vidshard.cli", "preprocess", str(src), str(out), "--quiet", "--workers",
+            "2", "--chunk-seconds", "1", "--min-chunk-seconds", "0.5", "--short-side", "96", "--crf", "18",
+            "--gop", "8", "--shard-size", "64KiB"]
+
+
+def journal_shards(out: Path) -> list[str]:
+    """Names of the shards the journal lists (complete lines only)."""
+    path = out / ".vidshard" / "journal.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line)["shard"]["name"] for line in text.splitlines(keepends=True)
+            if line.endswith("\n") and json.loads(line)["shard"]]
+
+
+def staging_names(out: Path) -> set[str]:
+    staging = out / ".vidshard" / "staging"
+    return {p.name for p in staging.iterdir()} if staging.is_dir() else set()
+
+
+def published(out: Path) -> set[str]:
+    """Videos a worker staged completely (a ``.tmp`` folder is still being encoded)."""
+    return {n for n in staging_names(out) if not n.endswith(".tmp")
+            and (out / ".vidshard" / "staging" / n / "meta.json").exists()}
+
+
+def kill_when(cmd: list[str], moment, env: dict | None = None) -> None:
+    """Start ``cmd``; SIGKILL its whole process group (ffmpeg included) as soon as ``moment()`` is true.
+    Fails unless the process was still running then (the kill landed at that moment)."""
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 180  # a bound against hanging, not a speed check
+    try:
+        while not moment():
+            assert proc.poll() is None, f"the run ended before the moment: {proc.stderr.read()[-2000:]!r}"
+            assert time.monotonic() < deadline, "the moment never came"
             time.sleep(0.005)
+        alive = proc.poll() is None
+    finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        check_consistent(out)
-    journal = out / ".vidshard" / "journal.jsonl"
-    lines = journal.read_text().splitlines() if journal.exists() else []
-    finished = {v for line in lines for v in json.loads(line)["videos"]}
-    staging = out / ".vidshard" / "staging"
-    # Published staging only: a "<id>.<pid>.tmp" folder may already hold meta.json when the kill lands
-    # between writing it and the folder's rename; that video is half-done and is encoded again.
-    staged = {p.name for p in staging.glob("*")
-              if (p / "meta.json").exists() and not p.name.endswith(".tmp")} - finished
-    result = run(src, out)
-    assert result.resumed == len(staged) and result.encoded == 8 - len(finished) - len(staged)
+        proc.stderr.close()
+    assert alive, "the run ended before the kill"
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_sigkill_at_three_moments_then_rerun_finishes_exactly_once(tmp_path: Path) -> None:
+    src, out = make_inputs(tmp_path / "in", 8), tmp_path / "out"
+    cmd = cli(src, out)
+    # 1. A worker published a staged video (fresh OUTPUT: nothing was there before).
+    kill_when(cmd, lambda: bool(published(out)))
+    check_consistent(out)
+    # 2. This run committed a shard of its own: the journal lists more shards than at its start.
+    before = len(journal_shards(out))
+    kill_when(cmd, lambda: len(journal_shards(out)) > before)
+    assert Manifest.load(out).totals["videos"] < 8  # killed mid-run, not after
+    check_consistent(out)
+    # 3. A worker of this run is encoding: a staging folder appears that no earlier run made.
+    old = staging_names(out)
+    kill_when(cmd, lambda: any(n.endswith(".tmp") for n in staging_names(out) - old))
+    check_consistent(out)
+    finished = {v for line in (out / ".vidshard" / "journal.jsonl").read_text().splitlines()
+                for v in json.loads(line)["videos"]}
+    assert 0 < len(finished) < 8
+    staged = published(out) - finished
+    state = (finished, staged, staging_names(out), sorted(p.name for p in src.rglob("*")))
+    result = run(src, out, **KILL_OPTS)
+    assert result.resumed == len(staged), (state, result)
+    assert result.encoded == 8 - len(finished) - len(staged), (state, result)
     keys = check_consistent(out)
     assert set(keys) == expected_keys(src) and result.total.videos_ok == 8
+    assert len(Manifest.load(out).shards) >= 5
     assert not list(out.glob(".*.tmp")) and not (out / ".vidshard" / "staging").exists()
 
 
-def test_kill_between_shard_rename_and_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The narrowest window: a shard has its final name but no journal line lists it yet."""
+def test_sigkill_between_shard_rename_and_journal(tmp_path: Path) -> None:
+    """The narrowest window, hit by a real SIGKILL: the second shard of the run has its final name,
+    no journal line lists it yet (the process waits at a pause point only tests enable)."""
     src, out = make_inputs(tmp_path / "in", 6), tmp_path / "out"
-    calls = []
-
-    def crash(self, entry):  # the process dies before the journal line is written
-        calls.append(entry)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, entry)
-
-    real = OutputStore._append_journal
-    monkeypatch.setattr(OutputStore, "_append_journal", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(src, out, workers=1)
-    monkeypatch.undo()
-    orphan = calls[1]["shard"]["name"]
-    assert (out / orphan).exists() and orphan not in {s.name for s in Manifest.load(out).shards}
+    marker = tmp_path / "paused"
+    env = {**os.environ, "VIDSHARD_TEST_PAUSE": "after-shard-rename:2",
+           "VIDSHARD_TEST_PAUSE_MARKER": str(marker)}
+    kill_when(cli(src, out), marker.exists, env=env)
+    orphan = marker.read_text()
+    assert (out / orphan).is_file() and len(journal_shards(out)) == 1 and orphan not in journal_shards(out)
+    assert orphan not in {s.name for s in Manifest.load(out).shards}
+    assert list(out.glob(".*.tar.tmp")), "the next shard was open: a real kill leaves it (no cleanup ran)"
     check_consistent(out)
-    result = run(src, out)
+    waiting = published(out)  # among them the videos of the orphan shard
+    result = run(src, out, **KILL_OPTS)
     assert set(check_consistent(out)) == expected_keys(src)
-    assert result.encoded < 6  # videos staged before the crash were packed, not encoded again
+    assert result.resumed == len(waiting) > 0 and result.encoded == 6 - len(waiting) - result.skipped
+    assert not list(out.glob(".*.tmp")) and not (out / ".vidshard" / "staging").exists()
 
 
 def test_leftovers_are_cleaned_and_nothing_is_encoded_again(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 from av.video.frame import VideoFrame
-from vidshard.preprocess.ffmpeg import Synth, read_counter, synth_video
+from vidshard.preprocess.ffmpeg import Synth, read_counter, remux, synth_video
 from vidshard.shards.decode import CorruptSample, _droppable, _h264_length_size, crop_resize, decode_sample
 from vidshard.shards.sampling import Box, ClipPlan, ClipSpec, plan_sample
 
@@ -91,15 +91,37 @@ def test_garbage_bytes_raise_corrupt_sample(data: bytes) -> None:
         decode_sample(data, lambda n, w, h: [], 32)
 
 
-def test_truncated_video_never_crashes_otherwise(counter_mp4: bytes) -> None:
+def test_truncated_mp4_raises_a_decode_error_never_another_crash(counter_mp4: bytes) -> None:
+    """An mp4 with its index up front (+faststart) cut short: the index promises frames whose
+    bytes are gone, so decoding fails with an error the loader counts (not an IndexError etc.)."""
     spec = ClipSpec(frames=4, stride=2)
     for cut in (200, len(counter_mp4) // 2):
-        try:
-            clips = decode_sample(counter_mp4[:cut], lambda n, w, h: plan_sample(n, w, h, spec,
-                                                                              random.Random(0)), 32)
-        except (CorruptSample, av.FFmpegError):
-            continue
-        assert clips[0].shape == (1, 3, 4, 32, 32)
+        with pytest.raises((CorruptSample, av.FFmpegError)):
+            decode_sample(counter_mp4[:cut], lambda n, w, h: plan_sample(n, w, h, spec, random.Random(0)), 32)
+
+
+def test_a_stream_cut_in_half_decodes_the_frames_before_the_cut(counter_mp4: bytes, tmp_path) -> None:
+    """The same video in Matroska (no up-front index: packets are found by reading on) cut in half:
+    the frames before the cut decode and are the planned ones; nothing after the cut is invented."""
+    (tmp_path / "c.mp4").write_bytes(counter_mp4)
+    data = remux(tmp_path / "c.mp4", tmp_path / "c.mkv").read_bytes()
+    seen = []
+
+    def plan(n: int, w: int, h: int) -> list[list[ClipPlan]]:
+        seen.append(n)
+        return [[ClipPlan(tuple(range(0, n, 5)) + (n - 1,), Box(0, 0, SIDE, SIDE), False)]]
+
+    (clip,) = decode_sample(data[: len(data) // 2], plan, SIDE)
+    (n,) = seen
+    assert 30 <= n <= 90, f"{n} of 120 frames: the cut did not land half-way"
+    idx = list(range(0, n, 5)) + [n - 1]
+    assert clip.shape == (1, 3, len(idx), SIDE, SIDE)
+    numbers = _numbers(clip[0])
+    # Whole keyframe intervals (12 frames) before the cut are intact: exactly the planned frames.
+    whole = [i for i in idx if i < n - 12]
+    assert numbers[: len(whole)] == whole
+    # Near the cut a B-frame may be missing, so position i can show a later frame, never an earlier one.
+    assert numbers == sorted(set(numbers)) and all(i <= k < 120 for i, k in zip(idx, numbers, strict=True))
 
 
 def test_uniform_clip_spreads_over_the_sample_in_order(counter_mp4: bytes) -> None:

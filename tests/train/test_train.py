@@ -43,9 +43,60 @@ def test_vit_t_learns_motion_direction_on_held_out_clips(motion_train: Path, mot
     ev = evaluate(EvalConfig(data=str(motion_val), checkpoint=str(result.checkpoint), temporal_views=2,
                              spatial_views=2, workers=0, threads=1, progress=False,
                              out=str(tmp_path / "ev.json")))
-    assert ev["samples"] == 32 and ev["top1"] >= 0.9 and ev["top5"] == 1.0
-    assert set(ev["per_class"]) == {"right", "left", "down", "up"}
+    assert ev["samples"] == 32 and ev["top1"] >= 0.9  # (top-5 of 4 classes is always 1: not checked)
+    per_class = ev["per_class"]
+    assert {k: v["samples"] for k, v in per_class.items()} == {"right": 8, "left": 8, "down": 8, "up": 8}
+    assert sum(v["accuracy"] * v["samples"] for v in per_class.values()) == pytest.approx(ev["top1"] * 32)
     assert json.loads((tmp_path / "ev.json").read_text())["top1"] == ev["top1"]
+
+
+# Logits of two views per sample (7 classes; -30 is "never"). The answer is the class whose softmax
+# probability, averaged over the views, is highest; each sample defeats a wrong way of combining views.
+VIEW_LOGITS = [
+    # label 1: the views' favourites (0, then 2) lose to the class both views like: not first/last view only
+    (1, [[-0.916, -1.050, -30, -1.386, -30, -30, -30], [-30, -1.050, -0.916, -1.386, -30, -30, -30]]),
+    # label 0: very sure in view 1, "never" in view 2; averaged logits would pick class 1 instead
+    (0, [[10, 7, -30, -30, -30, -30, -30], [-30, 7, 7.5, -30, -30, -30, -30]]),
+    # label 6: ranked last by both views: a top-1 and a top-5 miss
+    (6, [[5, 4, 3, 2, 1, 0, -1], [5, 4, 3, 2, 1, 0, -1]]),
+    # label 4: ranked fifth: a top-1 miss, a top-5 hit
+    (4, [[5, 4, 3, 2, 1, 0, -1], [5, 4, 3, 2, 1, 0, -1]]),
+    # label 1 again, ranked second: class 1 has one hit in two samples
+    (1, [[0, 4, 0, 5, 0, 0, 0], [0, 4, 0, 5, 0, 0, 0]]),
+]
+
+
+class _ViewTable(torch.nn.Module):
+    """A "model" that returns the logits of the view it is shown: every pixel of view ``i`` holds ``i``."""
+
+    def __init__(self, table: torch.Tensor) -> None:  # (views, K)
+        from vidshard.train.data import normalize
+
+        super().__init__()
+        self.table = table
+        ids = torch.arange(len(table), dtype=torch.uint8).view(-1, 1, 1, 1, 1).expand(-1, 3, 1, 1, 1)
+        self.keys = normalize(ids, torch.device("cpu"))[:, 0, 0, 0, 0]  # (views,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, T, H, W) -> (N, K)
+        return self.table[(x[:, 0, 0, 0, 0, None] - self.keys).abs().argmin(-1)]
+
+
+def test_eval_averages_the_views_probabilities_and_counts_per_class() -> None:
+    from vidshard.train.evaluate import evaluate_model
+
+    table = torch.tensor([view for _, views in VIEW_LOGITS for view in views])  # (5 * 2, 7)
+    video = torch.arange(10, dtype=torch.uint8).view(5, 2, 1, 1, 1, 1).expand(5, 2, 3, 2, 4, 4)
+    batch = {"video": video.contiguous(), "label": torch.tensor([y for y, _ in VIEW_LOGITS])}
+    res = evaluate_model(_ViewTable(table), [batch], torch.device("cpu"), [f"c{k}" for k in range(7)])
+    # The first two samples really tell the ways apart (so this test can fail):
+    probs, logits = table.softmax(-1).view(5, 2, 7), table.view(5, 2, 7)
+    assert probs.mean(1).argmax(-1)[:2].tolist() == [1, 0]
+    assert probs[:2, 0].argmax(-1).tolist() == [0, 0] and probs[:2, 1].argmax(-1).tolist() == [2, 2]
+    assert logits.mean(1).argmax(-1)[1] == 1
+    assert res["samples"] == 5 and res["top1"] == pytest.approx(2 / 5) and res["top5"] == pytest.approx(4 / 5)
+    acc = {k: (v["accuracy"], v["samples"]) for k, v in res["per_class"].items()}
+    assert acc == {"c0": (1.0, 1), "c1": (0.5, 2), "c2": (None, 0), "c3": (None, 0), "c4": (0.0, 1),
+                   "c5": (None, 0), "c6": (0.0, 1)}
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
