@@ -1,0 +1,173 @@
+"""Object storage (``s3://``, ``gs://``, ``hf://``, ``az://``, ...) through fsspec: the only module that
+imports fsspec or one of its backends.
+
+A shard set in object storage is a prefix holding ``manifest.json`` and the shards, exactly like a
+folder. Credentials are whatever the backend reads from the environment (``AWS_ACCESS_KEY_ID`` /
+``AWS_PROFILE`` / ``AWS_ENDPOINT_URL`` for s3fs, ``GOOGLE_APPLICATION_CREDENTIALS`` for gcsfs,
+``HF_TOKEN`` for huggingface_hub) or fsspec's own ``FSSPEC_<PROTOCOL>_<OPTION>`` variables; vidshard
+never takes a secret on its command line. A backend that is not installed is a :class:`MissingBackend`
+error naming the extra to install (``pip install 'vidshard[s3]'``).
+
+Readers never open these URLs directly: shards go through the sha256-checked cache
+(:func:`vidshard.shards.cache.fetch_shard` calls :func:`download`), ``verify`` streams them
+(:func:`open_stream`) and hashes every byte, and ``vidshard copy`` writes them (:func:`upload`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .cache import CHUNK, FetchError
+
+# Schemes that are not object storage: local paths, http(s) (urllib, with Range resumes), and
+# webdataset's ``pipe:`` (no ``://``).
+_NOT_REMOTE = ("file", "http", "https")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+# Backend package and the vidshard extra that installs it, per scheme.
+BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
+            "hf": ("huggingface_hub", "hf"), "az": ("adlfs", "azure"), "abfs": ("adlfs", "azure")}
+
+MAX_SMALL_FILE = 256 << 20  # manifest.json / failures.jsonl larger than this are refused, not read
+
+
+class MissingBackend(FetchError):
+    """The fsspec backend for a URL's scheme is not installed."""
+
+
+def scheme(location: str) -> str | None:
+    """``"s3"`` for ``s3://b/k``; ``None`` for a path or a ``pipe:`` command."""
+    m = _SCHEME_RE.match(str(location))
+    return m[1].lower() if m else None
+
+
+def is_remote(location: str) -> bool:
+    """True for an fsspec URL (object storage), False for a local path, ``file://``, http(s) or pipe:."""
+    s = scheme(location)
+    return s is not None and s not in _NOT_REMOTE
+
+
+def join(base: str, name: str) -> str:
+    """``s3://b/set/`` + ``train-000000.tar``; ``name`` must already be a checked shard name."""
+    return base.rstrip("/") + "/" + name
+
+
+def parent(url: str) -> str:
+    """The prefix a file URL lives under, ending in ``/``."""
+    return url.rsplit("/", 1)[0] + "/"
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` and the path within it.
+
+    Raises :class:`MissingBackend` (naming the extra to install) when its package is missing, and
+    :class:`FetchError` for a scheme fsspec does not know.
+    """
+    s = scheme(url) or "file"
+    try:
+        import fsspec
+    except ImportError:
+        raise MissingBackend(f"{url}: object storage needs fsspec: pip install fsspec") from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        package, extra = BACKENDS.get(s, (None, None))
+        hint = (f"pip install 'vidshard[{extra}]' (or pip install {package})" if extra
+                else f"install the fsspec backend for {s}://")
+        raise MissingBackend(f"{url}: {s}:// needs a package that is not installed ({e}); {hint}") from None
+    except ValueError as e:  # "Protocol not known"
+        raise FetchError(f"{url}: {e}; give a folder, an http(s):// URL or an fsspec URL such as "
+                         "s3://bucket/set/") from None
+
+
+def size(url: str) -> int | None:
+    """Bytes of the object at ``url``, or ``None`` when there is none."""
+    fs, path = filesystem(url)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    if info.get("type") == "directory":
+        return None
+    return int(info["size"])
+
+
+def read_small(url: str, limit: int = MAX_SMALL_FILE) -> bytes:
+    """The whole object at ``url`` (a manifest or failures list), refusing one over ``limit`` bytes."""
+    n = size(url)
+    if n is None:
+        raise FileNotFoundError(f"{url}: no such object")
+    if n > limit:
+        raise FetchError(f"{url}: {n} bytes, more than the {limit} a manifest may have; is this the "
+                         "shard set's manifest.json?")
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def open_stream(url: str) -> BinaryIO:
+    """A binary read stream of the object at ``url`` (``FileNotFoundError`` when absent)."""
+    fs, path = filesystem(url)
+    return fs.open(path, "rb", block_size=4 * CHUNK)
+
+
+def download(url: str, tmp: Path, expected: int) -> tuple[int, str]:
+    """Fetch ``url`` into ``tmp``, resuming a partial ``tmp``; returns its size and SHA-256.
+
+    At most ``expected + 1`` bytes are read, so a larger object is a size mismatch, not a full disk.
+    """
+    have = tmp.stat().st_size if tmp.exists() else 0
+    if have > expected:
+        have = 0
+    sha = hashlib.sha256()
+    if have:
+        with open(tmp, "rb") as f:
+            while block := f.read(CHUNK):
+                sha.update(block)
+    with open_stream(url) as src, open(tmp, "ab" if have else "wb") as f:
+        if have:
+            src.seek(have)
+        got, left = 0, expected + 1 - have
+        while left > 0 and (block := src.read(min(CHUNK, left))):
+            f.write(block)
+            sha.update(block)
+            got, left = got + len(block), left - len(block)
+        f.flush()
+        os.fsync(f.fileno())
+    return have + got, sha.hexdigest()
+
+
+def upload(src: BinaryIO, url: str, on_bytes: Callable[[int], object] | None = None) -> tuple[int, str]:
+    """Write the stream ``src`` to ``url``; returns the bytes written and their SHA-256.
+
+    Object stores publish an object only when its upload completes, so a killed copy leaves nothing
+    half-written under the shard's name.
+    """
+    fs, path = filesystem(url)
+    sha, total = hashlib.sha256(), 0
+    with fs.open(path, "wb") as out:
+        while block := src.read(CHUNK):
+            out.write(block)
+            sha.update(block)
+            total += len(block)
+            if on_bytes:
+                on_bytes(len(block))
+    return total, sha.hexdigest()
+
+
+def write_small(url: str, data: bytes) -> None:
+    """Write a small object (the manifest, last) in one request."""
+    fs, path = filesystem(url)
+    fs.pipe_file(path, data)
+
+
+def remove(url: str) -> None:
+    """Delete the object at ``url`` if it exists."""
+    fs, path = filesystem(url)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
