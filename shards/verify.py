@@ -106,7 +106,7 @@ def open_manifest(location: str) -> tuple[Manifest, str]:
     if is_url(loc) and "{" not in loc and not loc.endswith(".tar"):
         url = loc if loc.endswith(".json") else loc.rstrip("/") + "/" + MANIFEST
         try:
-            return Manifest.from_json(fetch_bytes(url)), url.rsplit("/", 1)[0] + "/"
+            return Manifest.from_json(fetch_bytes(url), url), url.rsplit("/", 1)[0] + "/"
         except FetchError as e:
             raise FileNotFoundError(f"{e}; is the shard set served there (`vidshard serve`)?") from None
     path = Path(loc)
