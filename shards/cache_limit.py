@@ -3,7 +3,7 @@
 Several processes (loader workers, trainers on one machine) share one cache folder, so every rule
 here is enforced with file locks (``flock``) next to each cached shard, never with state in memory:
 
-- ``.SHA.tar.pin``: a reader holds a **shared** lock on it from before it looks the shard up until it
+- ``.SHA.tar.pin.lock``: a reader holds a **shared** lock on it from before it looks the shard up until it
   has read the last byte (:func:`pinned`); an evictor takes it **exclusively without waiting** and
   skips the shard when that fails. So a shard in use is never evicted, and a reader that arrives
   after an eviction simply downloads the shard again.
@@ -88,7 +88,7 @@ def _lock_file(final: Path, kind: str) -> Path:
 def pinned(final: Path) -> Iterator[None]:
     """Hold a shared pin on the cached shard ``final`` (present or not yet): no evictor removes it."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    with open(_lock_file(final, "pin"), "a+b") as pin:
+    with open(_lock_file(final, "pin.lock"), "a+b") as pin:
         fcntl.flock(pin, fcntl.LOCK_SH)
         try:
             yield
@@ -169,7 +169,7 @@ def make_room(cache_dir: Path, limit: int, need: int, counters: CacheCounters | 
     for e in entries:
         if over <= 0:
             break
-        fd = _try_lock(_lock_file(e.path, "pin"), fcntl.LOCK_EX)
+        fd = _try_lock(_lock_file(e.path, "pin.lock"), fcntl.LOCK_EX)
         if fd is None:
             continue  # being read (or looked up) by some process: never evict it
         try:

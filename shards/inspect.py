@@ -20,7 +20,8 @@ import numpy as np
 from rich.progress import Progress
 from rich.table import Table
 
-from .cache import FetchError, fetch_bytes
+from .cache import FetchError
+from .remote import read_file
 from .schema import FAILURES, META_EXT, VIDEO_EXT, Manifest, SampleMeta
 from .sheet import save_sheet
 from .verify import is_url, open_manifest, open_shard
@@ -144,10 +145,10 @@ def _meta(data: bytes) -> SampleMeta | None:
 
 def _count_failures(base: str) -> int | None:
     try:
-        data = fetch_bytes(base + FAILURES) if is_url(base) else (Path(base) / FAILURES).read_bytes()
+        data = read_file(base, FAILURES)
     except FileNotFoundError:
         return 0
-    except (FetchError, OSError):
+    except (FetchError, OSError, ValueError):
         return None
     return sum(1 for line in data.splitlines() if line.strip())
 

@@ -27,6 +27,7 @@ logged, and counted in ``loader.stats``; it never ends an epoch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -100,7 +101,10 @@ class LoaderConfig:
     interpolation: str = "bilinear"
     """swscale filter for the fused crop and resize: bilinear, area, bicubic or fast_bilinear."""
     cache_dir: str | None = None
-    """Cache http(s) shards here (downloaded once, sha256-checked); None streams them."""
+    """Cache http(s) shards here (downloaded once, sha256-checked); None streams them. Object storage
+    (s3://, gs://, ...) is always cached, by default in ~/.cache/vidshard."""
+    cache_limit: int | None = None
+    """Bytes the cache may hold; least-recently-used shards not being read are evicted (None: no limit)."""
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -115,6 +119,8 @@ class LoaderConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if min(self.workers, self.shuffle_buffer, self.clip_buffer, self.decoder_threads or 0) < 0:
             raise ValueError("workers, shuffle_buffer, clip_buffer and decoder_threads must be >= 0")
+        if self.cache_limit is not None and self.cache_limit < 1:
+            raise ValueError(f"cache_limit must be a positive number of bytes, got {self.cache_limit}")
         self.clip_spec()  # validates scale and ratio
 
     def threads(self) -> int:
@@ -203,17 +209,18 @@ def _read_spans(src: Iterator[dict], source: ShardSource, report: _Report) -> It
     """Samples of each span: webdataset reads the shard, we keep samples ``start`` to ``stop``."""
     for item in src:
         span: Span = item["span"]
-        try:
-            url = source.open_url(span.shard)
-        except Exception as exn:  # a shard that cannot be fetched: its samples count as skipped
-            report.handler(exn)
-            continue
-        samples = wds.tarfile_to_samples(handler=report.handler)(iter([{"url": url}]))
-        for i, sample in enumerate(samples):
-            if span.stop is not None and i >= span.stop:
-                break  # stop reading: the rest of the shard belongs to another reader
-            if i >= span.start:
-                yield sample
+        with contextlib.ExitStack() as held:  # a cached shard stays pinned (never evicted) while read
+            try:
+                url = held.enter_context(source.reading(span.shard))
+            except Exception as exn:  # a shard that cannot be fetched: its samples count as skipped
+                report.handler(exn)
+                continue
+            samples = wds.tarfile_to_samples(handler=report.handler)(iter([{"url": url}]))
+            for i, sample in enumerate(samples):
+                if span.stop is not None and i >= span.stop:
+                    break  # stop reading: the rest of the shard belongs to another reader
+                if i >= span.start:
+                    yield sample
 
 
 def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
@@ -294,7 +301,7 @@ class ClipLoader:
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} not in [0, {self.world_size})")
-        self.source = resolve(cfg.source, cfg.cache_dir)
+        self.source = resolve(cfg.source, cfg.cache_dir, cfg.cache_limit)
         self.epoch = 0
         self.stats = LoaderStats()
 
@@ -302,6 +309,13 @@ class ClipLoader:
     def classes(self) -> list[str] | None:
         """Label names from the manifest (index = label), or None when unlabeled or unknown."""
         return self.source.classes
+
+    @property
+    def cache_stats(self) -> dict[str, int]:
+        """Cache hits, misses, bytes_downloaded, evicted, evicted_bytes of this loader's processes since
+        it was made ({} without a cache)."""
+        counters = self.source.counters
+        return {} if counters is None else counters.snapshot()
 
     @property
     def num_classes(self) -> int:

@@ -8,21 +8,40 @@ Accepted, as webdataset users expect:
 - an ``http(s)://host/prefix/`` (``manifest.json`` is fetched from it);
 - a brace pattern such as ``/data/train-{000000..000127}.tar`` or ``http://h/train-{000000..000003}.tar``
   (the manifest next to the shards is used when it exists, for the sample counts);
-- a ``pipe:`` command (``pipe:curl -s http://h/train-{000000..000003}.tar``), opened by webdataset.
+- a ``pipe:`` command (``pipe:curl -s http://h/train-{000000..000003}.tar``), opened by webdataset;
+- an fsspec URL of object storage (``s3://bucket/set/``, ``gs://...``, ``hf://datasets/org/name/set``)
+  or of its ``manifest.json`` (:mod:`vidshard.shards.remote`).
 
-With a ``cache_dir``, shards of an ``http(s)`` source are downloaded once into the cache and checked
-against the manifest's sha256 (:func:`vidshard.shards.cache.fetch_shard`) when they are opened.
+The one door to a shard's bytes is :meth:`ShardSource.reading`: with a ``cache_dir``, a shard of an
+``http(s)`` source is downloaded once into the cache and checked against the manifest's sha256
+(:func:`vidshard.shards.cache.fetch_shard`), and held (pinned) while it is read so a ``cache_limit``
+never evicts it under a reader. Object storage is always read through the cache (the default folder is
+:func:`~vidshard.shards.cache_limit.default_cache_dir`). Whole-file streams (``verify``, ``copy``) and
+small files go through :func:`vidshard.shards.remote.open_file` and :func:`~vidshard.shards.remote.read_file`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from webdataset.shardlists import expand_urls
 
-from .schema import MANIFEST, Manifest, ManifestError, ShardInfo, check_shard_name, parse_shard_name
+from . import remote
+from .cache_limit import CacheCounters, default_cache_dir
+from .schema import (
+    MANIFEST,
+    MANIFEST_MAX_BYTES,
+    Manifest,
+    ManifestError,
+    ShardInfo,
+    check_shard_name,
+    parse_shard_name,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,7 +57,11 @@ class ShardSource:
     base: str
     """Folder or URL prefix the shards live under (``""`` for ``pipe:``)."""
     cache_dir: Path | None = None
-    """Where http(s) shards are cached; ``None`` streams them directly."""
+    """Where http(s) and object-storage shards are cached; ``None`` streams http(s) shards directly."""
+    cache_limit: int | None = None
+    """Bytes the cache may hold; least-recently-used shards not in use are evicted (None: no limit)."""
+    counters: CacheCounters | None = None
+    """Cache hits, misses, bytes downloaded and evictions of every process reading this source."""
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -55,14 +78,34 @@ class ShardSource:
     def classes(self) -> list[str] | None:
         return None if self.manifest is None else self.manifest.classes
 
-    def open_url(self, index: int) -> str:
-        """The URL to open for shard ``index``: a verified cached copy for http(s) with a cache."""
+    def _cached(self, index: int) -> bool:
         url = self.urls[index]
-        if self.cache_dir is not None and _is_http(url) and self.infos is not None:
-            from .cache import fetch_shard  # lazy: only remote sources need it
+        cacheable = _is_http(url) or remote.is_remote(url)
+        return cacheable and self.cache_dir is not None and self.infos is not None
 
-            return str(fetch_shard(url, self.infos[index], Path(self.cache_dir)))
-        return url
+    def open_url(self, index: int) -> str:
+        """The URL to open for shard ``index``: a verified cached copy for http(s) with a cache.
+
+        Not pinned: with a ``cache_limit``, read through :meth:`reading` instead."""
+        if not self._cached(index):
+            return self.urls[index]
+        from .cache import fetch_shard  # lazy: only remote sources need it
+
+        return str(fetch_shard(self.urls[index], self.infos[index], Path(self.cache_dir),
+                               limit=self.cache_limit, counters=self.counters))
+
+    @contextlib.contextmanager
+    def reading(self, index: int) -> Iterator[str]:
+        """The URL to open for shard ``index`` (a verified cached copy of a remote shard), valid and
+        never evicted until the block ends: read the whole shard inside it."""
+        if not self._cached(index):
+            yield self.urls[index]
+            return
+        from .cache import use_shard
+
+        with use_shard(self.urls[index], self.infos[index], Path(self.cache_dir), limit=self.cache_limit,
+                       counters=self.counters) as path:
+            yield str(path)
 
 
 def _is_http(s: str) -> bool:
@@ -88,6 +131,8 @@ def _join(base: str, name: str) -> str:
     (``Path(".") / "pipe:cmd"`` is ``"pipe:cmd"``, which webdataset would run).
     """
     check_shard_name(name)
+    if remote.is_remote(base):
+        return remote.join(base, name)
     return base + name if _is_http(base) else str(Path(base).absolute() / name)
 
 
@@ -149,14 +194,40 @@ def _from_folder(folder: Path, cache_dir: Path | None) -> ShardSource:
                        cache_dir=cache_dir)
 
 
-def resolve(location: str | Path, cache_dir: str | Path | None = None) -> ShardSource:
-    """Resolve a shard-set location (see the module docstring) into a :class:`ShardSource`."""
-    loc = str(location)
-    cache = Path(cache_dir) if cache_dir is not None else None
+def resolve(location: str | Path, cache_dir: str | Path | None = None,
+            cache_limit: int | None = None) -> ShardSource:
+    """Resolve a shard-set location (see the module docstring) into a :class:`ShardSource`.
+
+    With a cache (``cache_dir``, always for object storage), the source counts cache hits and misses
+    and keeps the cache under ``cache_limit`` bytes."""
+    source = _resolve(str(location), Path(cache_dir) if cache_dir is not None else None)
+    if source.cache_dir is None:
+        return source
+    return dataclasses.replace(source, cache_limit=cache_limit, counters=CacheCounters())
+
+
+def _from_remote(loc: str, cache: Path | None) -> ShardSource:
+    """An fsspec prefix or ``manifest.json`` URL; read through the cache (the default one without one)."""
+    if "{" in loc or loc.endswith(".tar"):
+        raise FileNotFoundError(f"{loc}: give the shard set's prefix (or its manifest.json), not shards; "
+                                "object storage is read by the manifest's list")
+    base = remote.parent(loc) if loc.endswith(".json") else loc.rstrip("/") + "/"
+    url = loc if loc.endswith(".json") else base + MANIFEST
+    try:
+        data = remote.read_small(url, MANIFEST_MAX_BYTES)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url}: no manifest.json there; is this the prefix `vidshard copy` "
+                                "wrote the shard set to?") from None
+    return _from_manifest(Manifest.from_json(data, url), base, cache or default_cache_dir())
+
+
+def _resolve(loc: str, cache: Path | None) -> ShardSource:
     if loc.startswith("pipe:"):
         return ShardSource(manifest=None, urls=expand_urls(loc), infos=None, base="", cache_dir=cache)
     if loc.startswith("file://"):
         loc = urllib.parse.urlparse(loc).path
+    if remote.is_remote(loc):
+        return _from_remote(loc, cache)
     if _is_http(loc):
         if "{" in loc or loc.endswith(".tar"):
             return _from_pattern(loc, cache)
@@ -174,4 +245,5 @@ def resolve(location: str | Path, cache_dir: str | Path | None = None) -> ShardS
     if path.suffix == ".tar" and path.is_file():
         return _from_pattern(str(path), cache)
     raise FileNotFoundError(f"{loc}: not a shard set; give a folder with manifest.json, a manifest.json "
-                            "path or URL, an http(s):// prefix, a brace pattern or a pipe: command")
+                            "path or URL, an http(s):// prefix, an fsspec URL (s3://bucket/set/), a brace "
+                            "pattern or a pipe: command")

@@ -1,5 +1,5 @@
-"""Object storage (``s3://``, ``gs://``, ``hf://``, ``az://``, ...) through fsspec: the only module that
-imports fsspec or one of its backends.
+"""Files of a shard set at any location, and object storage (``s3://``, ``gs://``, ``hf://``, ``az://``,
+...) through fsspec: the only module that imports fsspec or one of its backends.
 
 A shard set in object storage is a prefix holding ``manifest.json`` and the shards, exactly like a
 folder. Credentials are whatever the backend reads from the environment (``AWS_ACCESS_KEY_ID`` /
@@ -8,9 +8,11 @@ folder. Credentials are whatever the backend reads from the environment (``AWS_A
 never takes a secret on its command line. A backend that is not installed is a :class:`MissingBackend`
 error naming the extra to install (``pip install 'vidshard[s3]'``).
 
-Readers never open these URLs directly: shards go through the sha256-checked cache
-(:func:`vidshard.shards.cache.fetch_shard` calls :func:`download`), ``verify`` streams them
-(:func:`open_stream`) and hashes every byte, and ``vidshard copy`` writes them (:func:`upload`).
+Readers never open these URLs directly: the loader's shards go through the sha256-checked cache
+(:func:`vidshard.shards.cache.fetch_shard` calls :func:`download`); ``verify`` and ``copy`` stream whole
+files of a set in a folder, at an http(s) prefix or in object storage with :func:`open_file` (and
+hash every byte), small files (manifest, failures) come from :func:`read_file`, and ``copy`` writes
+with :func:`upload`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .cache import CHUNK, FetchError
+from .cache import CHUNK, FetchError, fetch_bytes
+from .schema import FAILURES, MANIFEST, MANIFEST_MAX_BYTES, check_shard_name
 
 # Schemes that are not object storage: local paths, http(s) (urllib, with Range resumes), and
 # webdataset's ``pipe:`` (no ``://``).
@@ -34,7 +37,6 @@ _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
             "hf": ("huggingface_hub", "hf"), "az": ("adlfs", "azure"), "abfs": ("adlfs", "azure")}
 
-MAX_SMALL_FILE = 256 << 20  # manifest.json / failures.jsonl larger than this are refused, not read
 
 
 class MissingBackend(FetchError):
@@ -56,6 +58,53 @@ def is_remote(location: str) -> bool:
 def join(base: str, name: str) -> str:
     """``s3://b/set/`` + ``train-000000.tar``; ``name`` must already be a checked shard name."""
     return base.rstrip("/") + "/" + name
+
+
+def _is_http(location: str) -> bool:
+    return str(location).startswith(("http://", "https://"))
+
+
+def file_url(base: str, name: str) -> str:
+    """URL or path of file ``name`` of the set at ``base`` (a folder, http(s) prefix or fsspec prefix).
+
+    ``name`` is ``manifest.json``, ``failures.jsonl`` or a shard name, checked here (it may come from
+    a manifest, and must not leave the set)."""
+    if name not in (MANIFEST, FAILURES):
+        check_shard_name(name)
+    if is_remote(base) or _is_http(base):
+        return join(base, name)
+    return str(Path(base) / name)
+
+
+def open_file(base: str, name: str, timeout_s: float = 60.0) -> BinaryIO:
+    """A binary read stream of file ``name`` of the set at ``base`` (see :func:`file_url`).
+
+    Missing: ``FileNotFoundError`` (local, object storage) or ``urllib.error.HTTPError``."""
+    url = file_url(base, name)
+    if is_remote(url):
+        return open_stream(url)
+    if _is_http(url):
+        import urllib.request
+
+        return urllib.request.urlopen(url, timeout=timeout_s)
+    return open(url, "rb")
+
+
+def read_file(base: str, name: str, limit: int = MANIFEST_MAX_BYTES) -> bytes:
+    """The whole small file ``name`` (``manifest.json``, ``failures.jsonl``) of the set at ``base``,
+    refused (``ValueError``) when over ``limit`` bytes; ``FileNotFoundError`` when absent."""
+    url = file_url(base, name)
+    if is_remote(url):
+        return read_small(url, limit)
+    if _is_http(url):
+        data = fetch_bytes(url)
+    else:
+        if Path(url).stat().st_size > limit:
+            raise ValueError(f"{url}: over the {limit} bytes such a file may have")
+        data = Path(url).read_bytes()
+    if len(data) > limit:
+        raise ValueError(f"{url}: over the {limit} bytes such a file may have")
+    return data
 
 
 def parent(url: str) -> str:
@@ -98,7 +147,7 @@ def size(url: str) -> int | None:
     return int(info["size"])
 
 
-def read_small(url: str, limit: int = MAX_SMALL_FILE) -> bytes:
+def read_small(url: str, limit: int = MANIFEST_MAX_BYTES) -> bytes:
     """The whole object at ``url`` (a manifest or failures list), refusing one over ``limit`` bytes."""
     n = size(url)
     if n is None:

@@ -25,6 +25,7 @@ from typing import BinaryIO
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import remote
 from .cache import CHUNK, FetchError, fetch_bytes
 from .schema import LABEL_EXT, MANIFEST, META_EXT, VIDEO_EXT, Manifest, SampleMeta, ShardInfo
 
@@ -92,13 +93,14 @@ class VerifyResult:
 
 
 def is_url(location: str) -> bool:
-    return str(location).startswith(("http://", "https://"))
+    """An http(s) or object-storage (``s3://``, ...) location, not a local folder."""
+    return str(location).startswith(("http://", "https://")) or remote.is_remote(location)
 
 
 def open_manifest(location: str) -> tuple[Manifest, str]:
     """The manifest of a shard set and the folder or URL prefix of its shards.
 
-    A folder, a ``manifest.json`` path or URL, or an ``http(s)://`` prefix is read directly;
+    A folder, a ``manifest.json`` path or URL, or an ``http(s)://`` or object-storage prefix is read directly;
     anything else :func:`~vidshard.shards.location.resolve` accepts (brace patterns, ``file://``)
     goes through it (which imports webdataset and torch, seconds of start-up a plain check skips).
     """
@@ -106,9 +108,11 @@ def open_manifest(location: str) -> tuple[Manifest, str]:
     if is_url(loc) and "{" not in loc and not loc.endswith(".tar"):
         url = loc if loc.endswith(".json") else loc.rstrip("/") + "/" + MANIFEST
         try:
-            return Manifest.from_json(fetch_bytes(url), url), url.rsplit("/", 1)[0] + "/"
-        except FetchError as e:
-            raise FileNotFoundError(f"{e}; is the shard set served there (`vidshard serve`)?") from None
+            data = remote.read_small(url) if remote.is_remote(url) else fetch_bytes(url)
+            return Manifest.from_json(data, url), url.rsplit("/", 1)[0] + "/"
+        except (FetchError, FileNotFoundError) as e:
+            raise FileNotFoundError(f"{e}; is the shard set served or copied there (`vidshard serve`, "
+                                    "`vidshard copy`)?") from None
     path = Path(loc)
     if path.is_dir() or (path.suffix == ".json" and path.is_file()):
         return Manifest.load(path), str(path if path.is_dir() else path.parent)
@@ -122,10 +126,8 @@ def open_manifest(location: str) -> tuple[Manifest, str]:
 
 
 def open_shard(base: str, name: str) -> BinaryIO:
-    """A binary stream of shard ``name`` under a folder or URL ``base``."""
-    if is_url(base):
-        return urllib.request.urlopen(base + name, timeout=60)
-    return open(Path(base) / name, "rb")
+    """A binary stream of shard ``name`` under a folder, http(s) or object-storage prefix ``base``."""
+    return remote.open_file(base, name)
 
 
 class _HashingReader:
