@@ -36,6 +36,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 EVICT_LOCK = ".evict.lock"
+_warned = False  # the over-limit warning is given once per process
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -199,9 +200,12 @@ def reserve(final: Path, nbytes: int, cache_dir: Path, limit: int | None,
             need.write_text(str(nbytes))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    if over:
+    global _warned
+    if over and not _warned:
+        _warned = True
         log.warning("cache %s: %d bytes over its limit of %d while the shards in use are read; raise "
-                    "--cache-limit above (loader workers + 1) x the largest shard", cache_dir, over, limit)
+                    "--cache-limit above (readers + 1) x the largest shard (a reader: each loader worker of "
+                    "each process sharing the cache)", cache_dir, over, limit)
     try:
         yield
     finally:

@@ -191,8 +191,10 @@ def download(url: str, tmp: Path, expected: int) -> tuple[int, str]:
     return have + got, sha.hexdigest()
 
 
-def upload(src: BinaryIO, url: str, on_bytes: Callable[[int], object] | None = None) -> tuple[int, str]:
-    """Write the stream ``src`` to ``url``; returns the bytes written and their SHA-256.
+def upload(src: BinaryIO, url: str, on_bytes: Callable[[int], object] | None = None,
+           limit: int | None = None) -> tuple[int, str]:
+    """Write the stream ``src`` to ``url``; returns the bytes written and their SHA-256. At most
+    ``limit`` bytes are read (a longer source is cut there and fails its size check).
 
     Object stores publish an object only when its upload completes, so a killed copy leaves nothing
     half-written under the shard's name.
@@ -200,7 +202,7 @@ def upload(src: BinaryIO, url: str, on_bytes: Callable[[int], object] | None = N
     fs, path = filesystem(url)
     sha, total = hashlib.sha256(), 0
     with fs.open(path, "wb") as out:
-        while block := src.read(CHUNK):
+        while (limit is None or total < limit) and (block := src.read(CHUNK)):
             out.write(block)
             sha.update(block)
             total += len(block)
