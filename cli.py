@@ -438,6 +438,8 @@ def bench_loader_cmd(
     cache_dir: str = typer.Option(None, "--cache-dir", help="For an http(s) SHARDSET: download each shard "
                                   "once into this folder (checked against the manifest's sha256) and "
                                   "time the cached copies; reused by later runs."),
+    cache_limit: str = typer.Option(None, "--cache-limit", help="Most the cache may hold, e.g. 20G or 500M; "
+                                    "least-recently-used shards are evicted (rows then include downloads)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Clips/s of the shard loader vs raw videos loaded the conventional way vs the decode-only limit."""
@@ -449,8 +451,12 @@ def bench_loader_cmd(
                  workdir=workdir, cache_dir=cache_dir)
     console = Console()
     try:  # defaults live in LoaderBenchConfig: pass only what was given
+        if cache_limit is not None:
+            from vidshard.shards.cache_limit import parse_size
+
+            given["cache_limit"] = parse_size(cache_limit)
         result = run_bench(LoaderBenchConfig(**{k: v for k, v in given.items() if v is not None}), console)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a shard could not be fetched
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
     show(result, console)
