@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .cache import CHUNK, FetchError, fetch_bytes
+from .localset import open_set_file
 from .schema import FAILURES, MANIFEST, MANIFEST_MAX_BYTES, check_shard_name
 
 # Schemes that are not object storage: local paths, http(s) (urllib, with Range resumes), and
@@ -87,7 +88,7 @@ def open_file(base: str, name: str, timeout_s: float = 60.0) -> BinaryIO:
         import urllib.request
 
         return urllib.request.urlopen(url, timeout=timeout_s)
-    return open(url, "rb")
+    return open_set_file(base, name)  # never a link out of the set's folder
 
 
 def read_file(base: str, name: str, limit: int = MANIFEST_MAX_BYTES) -> bytes:
@@ -99,9 +100,8 @@ def read_file(base: str, name: str, limit: int = MANIFEST_MAX_BYTES) -> bytes:
     if _is_http(url):
         data = fetch_bytes(url)
     else:
-        if Path(url).stat().st_size > limit:
-            raise ValueError(f"{url}: over the {limit} bytes such a file may have")
-        data = Path(url).read_bytes()
+        with open_set_file(base, name) as f:
+            data = f.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"{url}: over the {limit} bytes such a file may have")
     return data

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,6 +48,21 @@ MEMBER_MAX_OTHER = 64 << 20
 """Largest member of an extension not in :data:`MEMBER_MAX_BYTES`."""
 MANIFEST_MAX_BYTES = 256 << 20
 """Largest ``manifest.json`` a reader accepts (a million shards need about 200 MB)."""
+
+
+class ManifestError(ValueError):
+    """A manifest (local or served) breaks the format; the message names the manifest and the entry."""
+
+
+class MemberError(ValueError):
+    """A tar member or its metadata breaks the format (wrong type, too large, not a regular
+    file); the sample is corrupt. The message says what is wrong, not where: callers add that."""
+
+    def __init__(self, message: str, reason: str = "bad metadata") -> None:
+        super().__init__(message)
+        self.reason = reason
+        """Short kind of problem, for counting skipped samples: ``bad metadata``,
+        ``not a regular file``, ``oversize member`` or ``badly named member``."""
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -136,11 +152,52 @@ class SampleMeta:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SampleMeta:
+    def from_dict(cls, d: object) -> SampleMeta:
+        """Build from a ``KEY.json`` object; :class:`MemberError` when a field is missing or of the
+        wrong type (the member may come from another machine)."""
+        if not isinstance(d, dict):
+            raise MemberError(f"metadata must be a JSON object, not {type(d).__name__}")
+        for name, kinds in _META_TYPES.items():
+            _check_meta_field(d, name, kinds)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
-        return cls(**known, extra=extra)
+        try:
+            return cls(**known, extra=extra)
+        except ValueError as e:
+            raise MemberError(f"metadata: {e}") from None
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> SampleMeta:
+        """Parse a ``KEY.json`` member (:class:`MemberError` for anything that is not valid metadata)."""
+        try:
+            d = json.loads(data)
+        except (ValueError, RecursionError) as e:
+            raise MemberError(f"metadata is not valid JSON ({str(e)[:80]})") from None
+        return cls.from_dict(d)
+
+
+_NUMBER = (int, float)
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "video": (str,), "video_id": (str,), "chunk": (int,), "start_s": _NUMBER, "end_s": _NUMBER,
+    "frames": (int,), "fps": _NUMBER, "width": (int,), "height": (int,),
+    "label": (int, type(None)), "label_name": (str, type(None)), "caption": (str, type(None)),
+}
+"""Type of each ``KEY.json`` field (``label``, ``label_name`` and ``caption`` may be absent)."""
+
+
+def _check_meta_field(d: dict[str, Any], name: str, kinds: tuple[type, ...]) -> None:
+    if name not in d:
+        if type(None) in kinds:
+            return
+        raise MemberError(f"metadata has no {name!r}")
+    v = d[name]
+    if isinstance(v, bool) or not isinstance(v, kinds):
+        raise MemberError(f"metadata {name!r} is {v!r:.40}, not a {kinds[0].__name__}")
+    if isinstance(v, (int, float)) and not 0 <= v < float("inf"):
+        raise MemberError(f"metadata {name!r} is {v!r:.40}; it must be a non-negative finite number")
+    if name == "video_id" and ("." in v or "/" in v or not v):
+        raise MemberError(f"metadata video_id {v!r:.40} is empty or holds '.' or '/'")
 
 
 def sample_members(meta: SampleMeta, mp4: bytes) -> dict[str, Any]:
@@ -170,14 +227,6 @@ class ShardInfo:
 
 
 TOTAL_KEYS = ("videos", "failed", "samples", "seconds", "bytes_in", "bytes_out")
-
-
-class ManifestError(ValueError):
-    """A manifest (local or served) breaks the format; the message names the manifest and the entry."""
-
-
-class MemberError(ValueError):
-    """A tar member breaks the format (too large, not a regular file); the sample is corrupt."""
 
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
@@ -256,6 +305,40 @@ def check_shard_entry(entry: object) -> ShardInfo:
     return info
 
 
+@dataclass(frozen=True, kw_only=True)
+class Rejected:
+    """A ``shards`` entry that failed its check (see :meth:`Manifest.from_dict`)."""
+
+    index: int
+    """Position in the manifest's ``shards`` list."""
+    name: str
+    """The entry's name, printable (``repr`` of a non-string, cut to 80 characters)."""
+    reason: str
+    """What is wrong with it."""
+
+
+def _entry_name(entry: object) -> str:
+    name = entry.get("name") if isinstance(entry, dict) else entry
+    text = name if isinstance(name, str) and name.isprintable() else repr(name)
+    return text[:80]
+
+
+def check_tar_member(m: tarfile.TarInfo) -> tuple[str, str]:
+    """``(KEY, EXT)`` of a shard's tar member; :class:`MemberError` when it is not a regular file
+    (a symlink, hard link, directory or device could point anywhere), has no extension, or is over
+    its size cap (checked from the header, before its data is read)."""
+    if not m.isreg():
+        kind = ("symlink" if m.issym() else "hard link" if m.islnk() else "directory" if m.isdir()
+                else "special file")
+        raise MemberError(f"member {m.name[:80]!r} is a {kind}; shards hold regular files only",
+                          "not a regular file")
+    key, dot, ext = m.name.rpartition("/")[2].partition(".")
+    if not dot or not key:
+        raise MemberError(f"member {m.name[:80]!r} is not named KEY.EXT", "badly named member")
+    check_member_size(ext, m.size)
+    return key, ext
+
+
 def member_max_bytes(ext: str) -> int:
     """Largest size accepted for a tar member with extension ``ext`` (``mp4``, ``json``, ...)."""
     return MEMBER_MAX_BYTES.get(ext.lower(), MEMBER_MAX_OTHER)
@@ -266,7 +349,8 @@ def check_member_size(ext: str, size: int) -> None:
     (:data:`MEMBER_MAX_BYTES`): readers check the header's size before reading the data."""
     cap = member_max_bytes(ext)
     if size > cap:
-        raise MemberError(f".{ext} member of {size} bytes is over the {cap}-byte cap for that type")
+        raise MemberError(f".{ext[:20]} member of {size} bytes is over the {cap}-byte cap for that type",
+                          "oversize member")
 
 
 @dataclass(kw_only=True)
@@ -312,11 +396,14 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: object, source: str = "manifest") -> Manifest:
+    def from_dict(cls, d: object, source: str = "manifest", *,
+                  rejects: list[Rejected] | None = None) -> Manifest:
         """Build and validate a manifest read from ``source`` (its path or URL, named in errors).
 
         Every field is checked (see :func:`check_shard_entry`), since a shard set may come
-        from another machine; a bad one raises :class:`ManifestError`.
+        from another machine; a bad one raises :class:`ManifestError`. A reader that reports
+        and goes on (``verify``) passes a ``rejects`` list: bad shard entries are appended
+        to it and left out of the manifest instead.
         """
         if not isinstance(d, dict):
             raise ManifestError(f"{source}: a manifest must be a JSON object, not {type(d).__name__}")
@@ -333,16 +420,20 @@ class Manifest:
         if not isinstance(shards, list):
             raise ManifestError(f"{source}: shards must be a list, not {type(shards).__name__}")
         infos: list[ShardInfo] = []
+        seen: set[str] = set()
         for i, entry in enumerate(shards):
             try:
-                infos.append(check_shard_entry(entry))
+                info = check_shard_entry(entry)
+                if info.name in seen:
+                    raise ManifestError(f"shard {info.name!r} is listed twice")
             except ManifestError as exn:
-                raise ManifestError(f"{source}: shards[{i}]: {exn}; the shard set is damaged or was "
-                                    "not written by vidshard (re-fetch it or ask its owner)") from None
-        names = [i.name for i in infos]
-        if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise ManifestError(f"{source}: shard {dup!r} is listed twice")
+                if rejects is None:
+                    raise ManifestError(f"{source}: shards[{i}]: {exn}; the shard set is damaged or was "
+                                        "not written by vidshard (re-fetch it or ask its owner)") from None
+                rejects.append(Rejected(index=i, name=_entry_name(entry), reason=str(exn)))
+                continue
+            seen.add(info.name)
+            infos.append(info)
         return cls(shards=infos, **fields)
 
     def to_json(self) -> str:
