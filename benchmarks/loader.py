@@ -43,6 +43,7 @@ from vidshard.shards.decode import decode_frames, demux
 from vidshard.shards.loader import ClipLoader, LoaderConfig
 from vidshard.shards.location import ShardSource, resolve
 from vidshard.shards.sampling import ClipSpec, dense_indices, dense_starts, plan_sample, random_resized_crop
+from vidshard.shards.tarsamples import tar_samples
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"}
 
@@ -174,18 +175,16 @@ class DecodeOnly(IterableDataset):
         self.source, self.spec, self.seed, self.threads = source, spec, seed, threads
 
     def __iter__(self) -> Iterator[int]:
-        import webdataset as wds
-
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         rng = _worker_rng(self.seed, "decode")
         while True:  # this worker's share of the samples (every workers-th), over and over
             i = 0
             for shard in range(len(self.source.urls)):
-                with self.source.reading(shard) as url:  # the cached copy, pinned while read
-                    for sample in wds.tarfile_to_samples()(iter([{"url": url}])):
+                with self.source.open(shard) as stream:  # a cached copy stays pinned while read
+                    for sample in tar_samples(stream, self.source.urls[shard]):
                         i += 1
-                        if i % workers != worker:
+                        if i % workers != worker or "mp4" not in sample:
                             continue
                         with av.open(io.BytesIO(sample["mp4"])) as c:
                             stream, packets = demux(c)

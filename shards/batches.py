@@ -6,6 +6,7 @@
   overwritten.
 - :func:`rebatch`: merges the workers' batches into batches of ``batch_size`` holding exactly the rank's
   clip quota, repeating clips (marked invalid) to fill a shortfall, so every rank steps the same count.
+  The repeats are made one batch at a time: memory never grows with the size of the shortfall.
 """
 
 from __future__ import annotations
@@ -31,10 +32,20 @@ class LoaderStats:
     """Corrupt samples skipped."""
     skipped_keys: list[tuple[str, str]] = field(default_factory=list)
     """(key or shard, reason) of the first skipped samples."""
+    missing: int = 0
+    """Samples the manifest lists for this rank that were never read (shard truncated, missing, broken)."""
+    shortfalls: list[tuple[str, str]] = field(default_factory=list)
+    """(shard, what was missing and why) for the first shards that fell short of the manifest."""
 
     def add_skipped(self, items: list[tuple[str, str]]) -> None:
         self.skipped += len(items)
         self.skipped_keys.extend(items[: max(0, 100 - len(self.skipped_keys))])
+
+    def add_missing(self, items: list[tuple[str, int, str]]) -> None:
+        """``(shard, samples missing, reason)`` reported by the readers."""
+        self.missing += sum(n for _, n, _ in items)
+        room = max(0, 100 - len(self.shortfalls))
+        self.shortfalls.extend((shard, reason) for shard, _, reason in items[:room])
 
 
 SLOTS = 4  # shared batch buffers per worker: the DataLoader's prefetch (2) + the one being filled + spare
@@ -78,9 +89,9 @@ def _slice(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
             "key": batch["key"][start:stop], "valid": batch["valid"][start:stop]}
 
 
-def _repeats(recent: dict[str, Any], count: int) -> dict[str, Any]:
-    """``count`` clips cycled from ``recent``, marked invalid."""
-    idx = torch.arange(count) % len(recent["key"])
+def _repeats(recent: dict[str, Any], count: int, start: int = 0) -> dict[str, Any]:
+    """``count`` clips cycled from ``recent`` (from its ``start``-th, modulo its length), marked invalid."""
+    idx = (torch.arange(count) + start) % len(recent["key"])
     return {"video": recent["video"][idx], "label": recent["label"][idx],
             "key": [recent["key"][i] for i in idx.tolist()], "valid": torch.zeros(count, dtype=torch.bool)}
 
@@ -97,6 +108,7 @@ def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None
     recent: dict[str, Any] | None = None
     for piece in pieces:
         stats.add_skipped(piece.pop("skipped", []))
+        stats.add_missing(piece.pop("missing", []))
         if "video" not in piece:
             continue
         room = len(piece["key"]) if quota is None else min(len(piece["key"]), quota - emitted - pending)
@@ -110,20 +122,20 @@ def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None
             buf, pending, emitted, recent = ([rest] if pending > batch_size else []), pending - batch_size, \
                 emitted + batch_size, batch
             yield batch
+    rest = _cat(buf) if buf else None  # fewer than batch_size clips
+    pool, fill, made = rest if rest is not None else recent, 0, 0
     if quota is not None and emitted + pending < quota:
-        pool = _cat(buf) if buf else recent
         if pool is None:
             raise RuntimeError("no clip could be decoded on this rank: every sample failed "
-                               f"({stats.skipped} skipped, first: {stats.skipped_keys[:3]})")
+                               f"({stats.skipped} skipped, {stats.missing} missing, first: "
+                               f"{(stats.skipped_keys + stats.shortfalls)[:3]})")
         fill = quota - emitted - pending
         stats.padded += fill
-        buf.append(_repeats(pool, fill))
-        pending += fill
-    whole = _cat(buf) if buf else None
-    for start in range(0, pending, batch_size):
-        stop = min(pending, start + batch_size)
-        if stop - start == batch_size or not drop_last:
-            yield _slice(whole, start, stop)
+    while pending + fill >= batch_size or (pending + fill > 0 and not drop_last):
+        n = min(batch_size, pending + fill) - pending  # repeats in this batch, made only now
+        parts = ([rest] if pending else []) + ([_repeats(pool, n, made)] if n else [])
+        made, fill, pending = made + n, fill - n, 0
+        yield _cat(parts)
 
 
 def copy_out(pieces: Iterator[dict[str, Any]], busy: torch.Tensor, pin: bool) -> Iterator[dict[str, Any]]:

@@ -21,8 +21,11 @@ clips_per_sample`` clips per rank, batched (the last partial batch dropped with 
 that comes up short (one sample fewer in the split, or corrupt samples skipped) repeats clips it already
 made, marked ``valid=False``, so every rank yields exactly ``len(loader)`` batches.
 
-A corrupt sample (bytes that do not decode, a missing video member, an unreadable shard) is skipped,
-logged, and counted in ``loader.stats``; it never ends an epoch.
+A corrupt sample (bytes that do not decode, a missing video member, a label that is not one of the
+manifest's classes, a member larger than its type may be, an unreadable shard) is skipped, logged, and
+counted in ``loader.stats``; it never ends an epoch. A shard that holds fewer samples than the manifest
+lists (truncated, missing, unreadable) is reported with the count it fell short by (``stats.missing``).
+A manifest that claims more samples than its shards' bytes can hold is refused (:func:`check_claims`).
 """
 
 from __future__ import annotations
@@ -34,22 +37,28 @@ import logging
 import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from . import cache
 from .batches import SLOTS, LoaderStats, SlotRing, copy_out, rebatch
 from .decode import INTERPOLATIONS, crop_resize, decode_views
 from .location import ShardSource, resolve
 from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec, plan_sample
+from .schema import ManifestError
 from .split import Span, batches_per_epoch, rank_spans, samples_per_rank, unsized_spans, worker_spans
+from .tarsamples import tar_samples
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
+UNLABELED = -1  # the label of a sample without one
+MAX_LABEL = 2**31 - 1  # bound on a label when the manifest names no classes
+MIN_SAMPLE_BYTES = 512  # one tar header: no sample is smaller (the bound schema.check_shard_entry uses)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +112,9 @@ class LoaderConfig:
     cache_dir: str | None = None
     """Cache http(s) shards here (downloaded once, sha256-checked); None streams them. Object storage
     (s3://, gs://, ...) is always cached, by default in ~/.cache/vidshard."""
+    timeout_s: float = cache.RetryPolicy.timeout_s
+    """http(s) sources: seconds a connection or a read may stall; a shard's whole transfer must end within
+    timeout_s + its bytes / 256 KiB/s (a stalled or dripping server fails instead of hanging)."""
     cache_limit: int | None = None
     """Bytes the cache may hold; least-recently-used shards not being read are evicted (None: no limit)."""
 
@@ -121,6 +133,8 @@ class LoaderConfig:
             raise ValueError("workers, shuffle_buffer, clip_buffer and decoder_threads must be >= 0")
         if self.cache_limit is not None and self.cache_limit < 1:
             raise ValueError(f"cache_limit must be a positive number of bytes, got {self.cache_limit}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         self.clip_spec()  # validates scale and ratio
 
     def threads(self) -> int:
@@ -136,14 +150,41 @@ class LoaderConfig:
                         clips_per_sample=self.clips_per_sample if self.train else 1, short=self.short)
 
 
-def read_label(sample: dict[str, Any]) -> int:
-    """``KEY.cls`` as int, else the ``label`` of ``KEY.json``, else -1."""
+def read_label(sample: dict[str, Any], num_classes: int | None = None) -> int:
+    """``KEY.cls`` as int, else the ``label`` of ``KEY.json``, else -1 (unlabeled).
+
+    Raises ``ValueError`` for a label that is not a class: below -1, at or above ``num_classes`` (the
+    manifest's classes; ``None`` when it names none, then above ``MAX_LABEL``), or not an integer.
+    """
+    label: Any = UNLABELED
     if "cls" in sample:
-        return int(bytes(sample["cls"]).decode("ascii").strip())
-    if "json" in sample:
-        label = json.loads(sample["json"]).get("label")
-        return -1 if label is None else int(label)
-    return -1
+        label = int(bytes(sample["cls"]).decode("ascii").strip())
+    elif "json" in sample:
+        meta = json.loads(sample["json"])
+        label = meta.get("label", UNLABELED) if isinstance(meta, dict) else UNLABELED
+        label = UNLABELED if label is None else label
+    if type(label) is not int:
+        raise ValueError(f"label {label!r} is not an integer")
+    top = MAX_LABEL if num_classes is None else num_classes - 1
+    if label != UNLABELED and not 0 <= label <= top:
+        named = "" if num_classes is None else f" of the manifest's {num_classes} classes"
+        raise ValueError(f"label {label} is not one{named} (0..{top}, or {UNLABELED} for none)")
+    return label
+
+
+def check_claims(source: ShardSource) -> None:
+    """Refuse a manifest that claims more samples than a shard's bytes can hold (``MIN_SAMPLE_BYTES``
+    each), checked against the manifest's byte count and, for a local shard, the bytes on disk: the
+    batch count of an epoch and its padding grow with the claim."""
+    for url, info in zip(source.urls, source.infos or [], strict=False):
+        present = info.bytes
+        if "://" not in url and not url.startswith("pipe:"):  # a local shard: the bytes really there
+            with contextlib.suppress(OSError):  # a missing shard is reported when it is read
+                present = min(present, os.path.getsize(url))
+        if info.samples > present // MIN_SAMPLE_BYTES:
+            raise ManifestError(f"{source.base}: manifest entry {info.name} claims {info.samples} samples in "
+                             f"{present} bytes, more than {present // MIN_SAMPLE_BYTES} can fit; the "
+                             "manifest or the shard is damaged (run `vidshard verify` on the set)")
 
 
 class _Report:
@@ -151,16 +192,11 @@ class _Report:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+        self.missing: list[tuple[str, int, str]] = []  # (shard, samples it fell short by, why)
 
-    def handler(self, exn: Exception) -> bool:
-        """webdataset exception handler: note the problem, keep going."""
-        self.items.append((str(exn.args[-1]) if exn.args else "shard", repr(exn)[:300]))
-        log.warning("skipping unreadable shard data: %r", exn)
-        return True
-
-    def drain(self) -> list[tuple[str, str]]:
-        items, self.items = self.items, []
-        return items
+    def drain(self) -> dict[str, list]:
+        items, missing, self.items, self.missing = self.items, self.missing, [], []
+        return {"skipped": items, "missing": missing}
 
 
 class _EpochPipeline(IterableDataset):
@@ -193,7 +229,7 @@ class _EpochPipeline(IterableDataset):
             lambda src: _read_spans(src, self.source, report),
             wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64), rng=rng)
             if shuffle and cfg.shuffle_buffer > 1 else None,
-            lambda src: _decode_clips(src, cfg, rng, report),
+            lambda src: _decode_clips(src, cfg, rng, report, self.source.classes),
             # Clips of one sample are spread by a buffer of decoded clips; with one clip per sample the
             # sample buffer already did the shuffling, and filling this one would only delay the first batch.
             wds.shuffle(cfg.clip_buffer, initial=min(cfg.clip_buffer, 2 * spec_k), rng=rng)
@@ -206,25 +242,40 @@ class _EpochPipeline(IterableDataset):
 
 
 def _read_spans(src: Iterator[dict], source: ShardSource, report: _Report) -> Iterator[dict[str, Any]]:
-    """Samples of each span: webdataset reads the shard, we keep samples ``start`` to ``stop``."""
+    """Samples ``start`` to ``stop`` of each span's shard; a shard that ends early is reported."""
     for item in src:
         span: Span = item["span"]
-        with contextlib.ExitStack() as held:  # a cached shard stays pinned (never evicted) while read
-            try:
-                url = held.enter_context(source.reading(span.shard))
-            except Exception as exn:  # a shard that cannot be fetched: its samples count as skipped
-                report.handler(exn)
-                continue
-            samples = wds.tarfile_to_samples(handler=report.handler)(iter([{"url": url}]))
-            for i, sample in enumerate(samples):
-                if span.stop is not None and i >= span.stop:
-                    break  # stop reading: the rest of the shard belongs to another reader
-                if i >= span.start:
-                    yield sample
+        name, read, problem = source.urls[span.shard].rsplit("/", 1)[-1], 0, "the shard ended"
+        try:
+            with source.open(span.shard) as stream:
+                for sample in tar_samples(stream, source.urls[span.shard]):
+                    read += 1
+                    if read <= span.start:
+                        continue
+                    if "__error__" in sample:
+                        _skip(report, sample, sample["__error__"])
+                    else:
+                        yield sample
+                    if span.stop is not None and read >= span.stop:
+                        break  # stop reading: the rest of the shard belongs to another reader
+        except Exception as exn:  # unreadable, damaged or unreachable: the samples not read are reported
+            problem = f"{type(exn).__name__}: {exn}"[:300]
+            log.warning("shard %s: %s", name, problem)
+            report.items.append((name, problem))
+        if span.stop is not None and read < span.stop:
+            short = span.stop - max(read, span.start)
+            report.missing.append((name, short, f"{short} of its samples {span.start}..{span.stop - 1} not "
+                                   f"read ({problem} after {read} samples, the manifest lists more)"))
 
 
-def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
-                  report: _Report) -> Iterator[dict[str, Any]]:
+def _skip(report: _Report, sample: dict[str, Any], reason: str) -> None:
+    key = sample.get("__key__", "?")
+    log.warning("skipping corrupt sample %s in %s: %s", key, sample.get("__url__", "?"), reason)
+    report.items.append((key, reason[:300]))
+
+
+def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random, report: _Report,
+                  classes: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Decode each sample once into its clips' frames; a sample that fails is reported and skipped.
 
     Frames are converted (crop, resize, RGB) only in :func:`_collate`, straight into the batch.
@@ -236,11 +287,10 @@ def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
             ext = next((e for e in VIDEO_EXTS if e in sample), None)
             if ext is None:
                 raise ValueError(f"no video member (one of {VIDEO_EXTS})")
-            label = read_label(sample)
+            label = read_label(sample, None if classes is None else len(classes))
             clips = decode_views(sample[ext], lambda n, w, h: plan_sample(n, w, h, spec, rng), cfg.threads())
         except Exception as exn:  # any failure of one sample must not end the epoch
-            log.warning("skipping corrupt sample %s in %s: %s", key, sample.get("__url__", "?"), exn)
-            report.items.append((key, f"{type(exn).__name__}: {exn}"[:300]))
+            _skip(report, sample, f"{type(exn).__name__}: {exn}")
             continue
         for views in clips:
             yield {"views": views, "label": label, "key": key}
@@ -273,10 +323,9 @@ def _collate(clips: list[dict[str, Any]], cfg: LoaderConfig, report: _Report,
 
 def _attach_reports(src: Iterator[dict], report: _Report) -> Iterator[dict[str, Any]]:
     for batch in src:
-        batch["skipped"] = report.drain()
-        yield batch
-    if report.items:  # problems after the last batch still reach the main process
-        yield {"skipped": report.drain()}
+        yield batch | report.drain()
+    if report.items or report.missing:  # problems after the last batch still reach the main process
+        yield report.drain()
 
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -301,7 +350,9 @@ class ClipLoader:
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} not in [0, {self.world_size})")
-        self.source = resolve(cfg.source, cfg.cache_dir, cfg.cache_limit)
+        policy = replace(cache.DEFAULT_POLICY, timeout_s=cfg.timeout_s)
+        self.source = resolve(cfg.source, cfg.cache_dir, cfg.cache_limit, policy=policy)
+        check_claims(self.source)
         self.epoch = 0
         self.stats = LoaderStats()
 
@@ -364,4 +415,8 @@ class ClipLoader:
         if self.stats.skipped:
             log.warning("epoch %d, rank %d: skipped %d corrupt samples (first: %s)", self.epoch, self.rank,
                         self.stats.skipped, self.stats.skipped_keys[:3])
+        if self.stats.missing:
+            log.warning("epoch %d, rank %d: %d samples the manifest lists were not read (%s); "
+                        "run `vidshard verify` on the set", self.epoch, self.rank, self.stats.missing,
+                        self.stats.shortfalls[:3])
 

@@ -12,26 +12,31 @@ Accepted, as webdataset users expect:
 - an fsspec URL of object storage (``s3://bucket/set/``, ``gs://...``, ``hf://datasets/org/name/set``)
   or of its ``manifest.json`` (:mod:`vidshard.shards.remote`).
 
-The one door to a shard's bytes is :meth:`ShardSource.reading`: with a ``cache_dir``, a shard of an
+The one door to a shard's bytes is :meth:`ShardSource.open`: with a ``cache_dir``, a shard of an
 ``http(s)`` source is downloaded once into the cache and checked against the manifest's sha256
-(:func:`vidshard.shards.cache.fetch_shard`), and held (pinned) while it is read so a ``cache_limit``
-never evicts it under a reader. Object storage is always read through the cache (the default folder is
-:func:`~vidshard.shards.cache_limit.default_cache_dir`). Whole-file streams (``verify``, ``copy``) and
-small files go through :func:`vidshard.shards.remote.open_file` and :func:`~vidshard.shards.remote.read_file`.
+(:func:`vidshard.shards.cache.fetch_shard`) and held (pinned) until its stream is closed, so a
+``cache_limit`` never evicts it under a reader; without one it is streamed
+(:func:`vidshard.shards.cache.open_http`). Either way the bytes read are capped at the manifest's size
+and every http(s) transfer has a deadline (``policy``). Object storage is always read through the cache
+(by default in :func:`~vidshard.shards.cache_limit.default_cache_dir`). Whole-file streams of a set
+(``verify``, ``copy``) and its small files go through :func:`vidshard.shards.remote.open_file` and
+:func:`~vidshard.shards.remote.read_file`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import io
 import urllib.parse
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
+from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
 
 from . import remote
+from .cache import CHUNK, RetryPolicy
 from .cache_limit import CacheCounters, default_cache_dir
 from .schema import (
     MANIFEST,
@@ -58,6 +63,8 @@ class ShardSource:
     """Folder or URL prefix the shards live under (``""`` for ``pipe:``)."""
     cache_dir: Path | None = None
     """Where http(s) and object-storage shards are cached; ``None`` streams http(s) shards directly."""
+    policy: RetryPolicy | None = None
+    """Retries, timeout and deadline of http(s) transfers (``None``: the cache's default)."""
     cache_limit: int | None = None
     """Bytes the cache may hold; least-recently-used shards not in use are evicted (None: no limit)."""
     counters: CacheCounters | None = None
@@ -86,37 +93,65 @@ class ShardSource:
     def open_url(self, index: int) -> str:
         """The URL to open for shard ``index``: a verified cached copy for http(s) with a cache.
 
-        Not pinned: with a ``cache_limit``, read through :meth:`reading` instead."""
+        Not pinned: with a ``cache_limit``, read through :meth:`open` instead."""
         if not self._cached(index):
             return self.urls[index]
         from .cache import fetch_shard  # lazy: only remote sources need it
 
-        return str(fetch_shard(self.urls[index], self.infos[index], Path(self.cache_dir),
+        return str(fetch_shard(self.urls[index], self.infos[index], Path(self.cache_dir), policy=self.policy,
                                limit=self.cache_limit, counters=self.counters))
 
-    @contextlib.contextmanager
-    def reading(self, index: int) -> Iterator[str]:
-        """The URL to open for shard ``index`` (a verified cached copy of a remote shard), valid and
-        never evicted until the block ends: read the whole shard inside it."""
-        if not self._cached(index):
-            yield self.urls[index]
-            return
+    def open(self, index: int) -> BinaryIO:
+        """Shard ``index`` as a stream: the cached copy (pinned until the stream is closed), an http(s)
+        stream capped at the manifest's bytes with a deadline (no cache), a local file, or the user's own
+        ``pipe:`` command (webdataset's gopen)."""
+        if self._cached(index):
+            return self._open_cached(index)
+        url = self.urls[index]
+        if _is_http(url):
+            from .cache import open_http
+
+            size = None if self.infos is None else self.infos[index].bytes
+            return open_http(url, size, policy=self.policy)
+        return gopen(url) if url.startswith("pipe:") else open(url, "rb")  # noqa: SIM115 (the caller closes it)
+
+    def _open_cached(self, index: int) -> BinaryIO:
         from .cache import use_shard
 
-        with use_shard(self.urls[index], self.infos[index], Path(self.cache_dir), limit=self.cache_limit,
-                       counters=self.counters) as path:
-            yield str(path)
+        held = contextlib.ExitStack()
+        try:
+            path = held.enter_context(use_shard(self.urls[index], self.infos[index], Path(self.cache_dir),
+                                                policy=self.policy, limit=self.cache_limit,
+                                                counters=self.counters))
+            return io.BufferedReader(_PinnedFile(path, held), CHUNK)
+        except BaseException:
+            held.close()
+            raise
+
+
+class _PinnedFile(io.FileIO):
+    """A cached shard open for reading; closing it releases the shard's pin (then it may be evicted)."""
+
+    def __init__(self, path: Path, held: contextlib.ExitStack) -> None:
+        super().__init__(path, "rb")
+        self._held = held
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._held.close()
 
 
 def _is_http(s: str) -> bool:
     return s.startswith(("http://", "https://"))
 
 
-def _fetch_manifest(url: str) -> Manifest:
+def _fetch_manifest(url: str, policy: RetryPolicy | None = None) -> Manifest:
     from .cache import fetch_bytes  # retries dropped connections
 
     try:
-        return Manifest.from_json(fetch_bytes(url), url)
+        return Manifest.from_json(fetch_bytes(url, policy=policy), url)
     except ManifestError:
         raise  # it was read: the manifest itself is bad, and the error names the entry
     except Exception as exn:
@@ -194,16 +229,15 @@ def _from_folder(folder: Path, cache_dir: Path | None) -> ShardSource:
                        cache_dir=cache_dir)
 
 
-def resolve(location: str | Path, cache_dir: str | Path | None = None,
-            cache_limit: int | None = None) -> ShardSource:
-    """Resolve a shard-set location (see the module docstring) into a :class:`ShardSource`.
-
-    With a cache (``cache_dir``, always for object storage), the source counts cache hits and misses
-    and keeps the cache under ``cache_limit`` bytes."""
-    source = _resolve(str(location), Path(cache_dir) if cache_dir is not None else None)
+def resolve(location: str | Path, cache_dir: str | Path | None = None, cache_limit: int | None = None, *,
+            policy: RetryPolicy | None = None) -> ShardSource:
+    """Resolve a shard-set location (see the module docstring) into a :class:`ShardSource`; ``policy``
+    governs its http(s) transfers. With a cache (``cache_dir``; always for object storage), the source
+    counts cache hits and misses and keeps the cache under ``cache_limit`` bytes."""
+    source = replace(_resolve(str(location), cache_dir, policy), policy=policy)
     if source.cache_dir is None:
         return source
-    return dataclasses.replace(source, cache_limit=cache_limit, counters=CacheCounters())
+    return replace(source, cache_limit=cache_limit, counters=CacheCounters())
 
 
 def _from_remote(loc: str, cache: Path | None) -> ShardSource:
@@ -221,7 +255,8 @@ def _from_remote(loc: str, cache: Path | None) -> ShardSource:
     return _from_manifest(Manifest.from_json(data, url), base, cache or default_cache_dir())
 
 
-def _resolve(loc: str, cache: Path | None) -> ShardSource:
+def _resolve(loc: str, cache_dir: str | Path | None, policy: RetryPolicy | None) -> ShardSource:
+    cache = Path(cache_dir) if cache_dir is not None else None
     if loc.startswith("pipe:"):
         return ShardSource(manifest=None, urls=expand_urls(loc), infos=None, base="", cache_dir=cache)
     if loc.startswith("file://"):
@@ -232,9 +267,9 @@ def _resolve(loc: str, cache: Path | None) -> ShardSource:
         if "{" in loc or loc.endswith(".tar"):
             return _from_pattern(loc, cache)
         if loc.endswith(".json"):
-            return _from_manifest(_fetch_manifest(loc), _parent(loc), cache)
+            return _from_manifest(_fetch_manifest(loc, policy), _parent(loc), cache)
         base = loc if loc.endswith("/") else loc + "/"
-        return _from_manifest(_fetch_manifest(base + MANIFEST), base, cache)
+        return _from_manifest(_fetch_manifest(base + MANIFEST, policy), base, cache)
     if "{" in loc:
         return _from_pattern(loc, cache)
     path = Path(loc).expanduser()
