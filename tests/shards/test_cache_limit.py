@@ -139,3 +139,19 @@ def test_pins_are_shared_between_readers(store, tmp_path):
     final = cache_path(store[0][1], tmp_path / "cache")
     with pinned(final), pinned(final):  # two readers at once: shared, no deadlock
         assert cache_limit._try_lock(final.with_name(f".{final.name}.pin.lock"), fcntl.LOCK_EX) is None
+
+
+def test_cache_limit_is_an_option_of_train_eval_and_bench_loader():
+    from typer.testing import CliRunner
+    from vidshard.cli import app
+    from vidshard.train.config import EvalConfig, TrainConfig
+
+    runner = CliRunner()
+    for command in (["train"], ["eval"], ["bench", "loader"]):
+        text = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"}).output
+        assert "--cache-limit" in text and "20G" in text, command
+    bad = runner.invoke(app, ["train", "s3://b/set/", "--cache-limit", "lots"])
+    assert bad.exit_code == 2 and "20G" in bad.output
+    assert TrainConfig(data="x", cache_limit="500M").cache_limit == "500M"
+    with pytest.raises(ValueError, match="more than 0"):
+        EvalConfig(data="x", checkpoint="c", cache_limit="0")
