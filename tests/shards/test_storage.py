@@ -22,7 +22,8 @@ from vidshard.shards.location import resolve
 from vidshard.shards.remote import MissingBackend
 from vidshard.shards.schema import Manifest
 from vidshard.shards.verify import VerifyConfig, verify
-from vidshard.train.config import TrainConfig
+from vidshard.train.config import EvalConfig, TrainConfig
+from vidshard.train.evaluate import evaluate
 from vidshard.train.loop import train
 from vidshard.train.metrics import read_metrics
 
@@ -63,7 +64,7 @@ def s3_set(s3, tmp_path_factory, clips, build_shardset) -> tuple[str, Manifest]:
     return f"{s3}/set/", manifest
 
 
-def test_copy_up_then_verify_inspect_and_train_from_s3(s3_set, tmp_path):
+def test_copy_up_then_verify_inspect_train_and_eval_from_s3(s3_set, tmp_path):
     url, manifest = s3_set
     res = runner.invoke(app, ["verify", url, "--quiet"])
     assert res.exit_code == 0 and "OK: 6 shards, 6 samples" in res.output, res.output
@@ -76,6 +77,11 @@ def test_copy_up_then_verify_inspect_and_train_from_s3(s3_set, tmp_path):
     assert last["cache_misses"] >= 3 and last["cache_bytes_downloaded"] > 0 and last["cache_evicted"] == 0
     cached = [cache_path(i, tmp_path / "cache") for i in manifest.shards]
     assert sum(p.exists() for p in cached) == last["cache_misses"]  # downloaded once, sha256-named
+    result = evaluate(EvalConfig(data=url, checkpoint=str(tmp_path / "run"), temporal_views=1,
+                                 spatial_views=1, workers=0, threads=1, cache_dir=str(tmp_path / "cache"),
+                                 cache_limit="1G", progress=False))
+    assert result["samples"] == 6 and result["cache"]["hits"] == last["cache_misses"]  # what training fetched
+    assert result["cache"]["hits"] + result["cache"]["misses"] == 6
 
 
 def test_copy_down_is_verified_and_complete(s3_set, tmp_path):
@@ -160,6 +166,8 @@ def test_two_trainers_share_a_cache_smaller_than_an_epoch(s3_set, tmp_path):
         assert held.exists() and held.stat().st_ino == inode  # in use the whole time: never evicted
     assert [p.exitcode for p in runs] == [0, 0]
     last = [read_metrics(tmp_path / f"run{i}")[-1] for i in range(2)]
+    counts = [{k: v for k, v in m.items() if k.startswith("cache")} for m in last]
+    print("cache metrics of the two runs:", counts, f"peak {peak[0]} of limit {limit}")  # shown with -s
     assert [m["step"] for m in last] == [6, 6]  # two epochs each
     assert sum(m["cache_evicted"] for m in last) > 0
     assert sum(m["cache_misses"] for m in last) > len(manifest.shards)  # evicted shards came back
