@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tarfile
 import urllib.error
 import urllib.request
@@ -42,7 +41,6 @@ from .schema import (
     META_EXT,
     VIDEO_EXT,
     Manifest,
-    ManifestError,
     MemberError,
     Rejected,
     SampleMeta,
@@ -137,7 +135,7 @@ def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple
         url = loc if loc.endswith(".json") else loc.rstrip("/") + "/" + MANIFEST
         try:
             data = remote.read_small(url) if remote.is_remote(url) else fetch_bytes(url)
-            return _parse(data, url, rejects), url.rsplit("/", 1)[0] + "/"
+            return Manifest.from_json(data, url, rejects=rejects), url.rsplit("/", 1)[0] + "/"
         except (FetchError, FileNotFoundError) as e:
             raise FileNotFoundError(f"{e}; is the shard set served or copied there (`vidshard serve`, "
                                     "`vidshard copy`)?") from None
@@ -147,7 +145,8 @@ def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple
         if not file.is_file():
             return Manifest.load(file), ""  # raises the usual "no manifest.json here" error
         with open(file, "rb") as f:
-            return _parse(f.read(MANIFEST_MAX_BYTES + 1), str(file), rejects), str(file.parent)
+            return (Manifest.from_json(f.read(MANIFEST_MAX_BYTES + 1), str(file), rejects=rejects),
+                    str(file.parent))
     from .location import resolve
 
     source = resolve(location)
@@ -155,17 +154,6 @@ def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple
         raise FileNotFoundError(f"{location}: found shards but no manifest.json to check them against; "
                                 "give the shard-set folder or URL that `vidshard preprocess` wrote")
     return source.manifest, source.base
-
-
-def _parse(data: bytes, source: str, rejects: list[Rejected] | None) -> Manifest:
-    if len(data) > MANIFEST_MAX_BYTES:
-        raise ManifestError(f"{source}: over the {MANIFEST_MAX_BYTES}-byte limit for a manifest")
-    try:
-        d = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise ManifestError(f"{source}: not valid JSON ({str(e)[:120]}); the file is damaged or not "
-                            "a manifest") from None
-    return Manifest.from_dict(d, source, rejects=rejects)
 
 
 def open_shard(base: str, name: str) -> BinaryIO:
