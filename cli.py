@@ -157,6 +157,7 @@ def train_cmd(
     stop_after: int = typer.Option(None, help=_tr_help("stop_after")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir")),
     cache_limit: str = typer.Option(None, help=_tr_help("cache_limit")),
+    timeout: float = typer.Option(None, help=_tr_help("timeout")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a video ViT on a shard set (supervised from its labels, or MAE pretraining).
@@ -193,6 +194,7 @@ def eval_cmd(
     threads: int = typer.Option(None, help=_tr_help("threads", "EvalConfig")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir", "EvalConfig")),
     cache_limit: str = typer.Option(None, help=_tr_help("cache_limit", "EvalConfig")),
+    timeout: float = typer.Option(None, help=_tr_help("timeout", "EvalConfig")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Top-1 / top-5 and per-class accuracy of a checkpoint, scores averaged over several views."""
@@ -201,7 +203,7 @@ def eval_cmd(
 
     options = dict(data=shardset, checkpoint=checkpoint, out=out, temporal_views=temporal_views,
                    spatial_views=spatial_views, batch_size=batch_size, workers=workers, device=device,
-                   threads=threads, cache_dir=cache_dir, cache_limit=cache_limit,
+                   threads=threads, cache_dir=cache_dir, cache_limit=cache_limit, timeout=timeout,
                    progress=False if quiet else None)
     result = _tr_run(evaluate, _tr_run(build_config, EvalConfig, None, options))
     print_table(result)

@@ -182,9 +182,9 @@ def check_claims(source: ShardSource) -> None:
             with contextlib.suppress(OSError):  # a missing shard is reported when it is read
                 present = min(present, os.path.getsize(url))
         if info.samples > present // MIN_SAMPLE_BYTES:
-            raise ManifestError(f"{source.base}: manifest entry {info.name} claims {info.samples} samples in "
-                             f"{present} bytes, more than {present // MIN_SAMPLE_BYTES} can fit; the "
-                             "manifest or the shard is damaged (run `vidshard verify` on the set)")
+            raise ManifestError(f"{source.base}: manifest entry {info.name} claims {info.samples} samples "
+                                f"in {present} bytes, more than {present // MIN_SAMPLE_BYTES} can fit; the "
+                                "manifest or the shard is damaged (run `vidshard verify` on the set)")
 
 
 class _Report:

@@ -87,6 +87,9 @@ class TrainConfig:
     cache_limit: str | None = None
     """Most the cache may hold, e.g. ``20G`` or ``500M``; least-recently-used shards not in use are evicted
     (and downloaded again when needed). Default: no limit."""
+    timeout: float = 60.0
+    """http(s) shard sets: seconds a connection or read may stall; a shard's whole transfer must end
+    within this plus its size at 256 KiB/s (a hung or dripping server fails, it never waits forever)."""
     seed: int = 0
     """Seed of the model init, data order, crops and masks."""
     device: str = "auto"
@@ -182,6 +185,9 @@ class EvalConfig:
     """Where shards from an ``http(s)://`` or object-storage shard set are cached."""
     cache_limit: str | None = None
     """Most the cache may hold, e.g. ``20G``; least-recently-used shards are evicted. Default: no limit."""
+    timeout: float = 60.0
+    """http(s) shard sets: seconds a connection or read may stall; a shard's whole transfer must end
+    within this plus its size at 256 KiB/s (a hung or dripping server fails, it never waits forever)."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     threads: int = 0
