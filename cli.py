@@ -116,8 +116,8 @@ def _tr_run(fn, *args):
 
 @app.command("train")
 def train_cmd(
-    shardset: str = typer.Argument(None, help="Shard set to train on: folder, manifest.json or http(s):// "
-                                   "URL (or `data` in --config)."),
+    shardset: str = typer.Argument(None, help="Shard set to train on: folder, manifest.json, http(s):// "
+                                   "or object-storage URL such as s3://bucket/set/ (or `data` in --config)."),
     config: Path = typer.Option(None, "--config", help="TOML file with any of these options (top level or "
                                 "under \\[train]); options given here override it."),
     model: str = typer.Option(None, help=_tr_help("model")),
@@ -163,6 +163,7 @@ def train_cmd(
     keep_checkpoints: int = typer.Option(None, help=_tr_help("keep_checkpoints")),
     stop_after: int = typer.Option(None, help=_tr_help("stop_after")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir")),
+    cache_limit: str = typer.Option(None, help=_tr_help("cache_limit")),
     timeout: float = typer.Option(None, help=_tr_help("timeout")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -199,6 +200,7 @@ def eval_cmd(
     device: str = typer.Option(None, help=_tr_help("device", "EvalConfig")),
     threads: int = typer.Option(None, help=_tr_help("threads", "EvalConfig")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir", "EvalConfig")),
+    cache_limit: str = typer.Option(None, help=_tr_help("cache_limit", "EvalConfig")),
     timeout: float = typer.Option(None, help=_tr_help("timeout", "EvalConfig")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -208,7 +210,8 @@ def eval_cmd(
 
     options = dict(data=shardset, checkpoint=checkpoint, out=out, temporal_views=temporal_views,
                    spatial_views=spatial_views, batch_size=batch_size, workers=workers, device=device,
-                   threads=threads, cache_dir=cache_dir, timeout=timeout, progress=False if quiet else None)
+                   threads=threads, cache_dir=cache_dir, cache_limit=cache_limit, timeout=timeout,
+                   progress=False if quiet else None)
     result = _tr_run(evaluate, _tr_run(build_config, EvalConfig, None, options))
     print_table(result)
     typer.echo(f"top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%}; wrote {result['out']}")
@@ -231,8 +234,8 @@ def _sh_fail(e: Exception) -> typer.Exit:
 
 @app.command("verify")
 def verify_cmd(
-    shardset: str = typer.Argument(..., help="Shard-set folder, its manifest.json, or an http(s):// URL "
-                                   "serving it (vidshard serve)."),
+    shardset: str = typer.Argument(..., help="Shard-set folder, its manifest.json, an http(s):// URL "
+                                   "serving it (vidshard serve), or an object-storage URL (s3://bucket/set/)."),
     deep: bool = typer.Option(False, "--deep", help="Also decode the first frame of every clip (slower)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -295,7 +298,8 @@ def serve_cmd(
 
 @app.command("inspect")
 def inspect_cmd(
-    shardset: str = typer.Argument(..., help="Shard-set folder, its manifest.json, or an http(s):// URL."),
+    shardset: str = typer.Argument(..., help="Shard-set folder, its manifest.json, an http(s):// URL or an "
+                                   "object-storage URL (s3://bucket/set/)."),
     sheet: Path = typer.Option(None, help="Write a contact sheet (PNG) of a few samples' frames here."),
     samples: int = typer.Option(_sh_default("inspect", "InspectConfig", "samples"),
                                 help="Samples (rows) on the contact sheet, spread over the set."),
@@ -358,6 +362,40 @@ def merge_cmd(
                f"{m.num_samples} samples")
 
 
+@app.command("copy")
+def copy_cmd(
+    source: str = typer.Argument(..., help="Shard set to copy: folder, manifest.json, http(s):// URL or "
+                                 "object-storage URL (s3://bucket/set/, gs://..., hf://...)."),
+    dest: str = typer.Argument(..., help="Folder or object-storage prefix to copy it to (not http). Run the "
+                               "same command again to resume after a kill."),
+    workers: int = typer.Option(_sh_default("copy", "CopyConfig", "workers"),
+                                help="Shards copied at the same time."),
+    attempts: int = typer.Option(_sh_default("copy", "CopyConfig", "attempts"),
+                                 help="Tries per shard before it is reported as failed."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Copy a shard set to or from object storage (or between folders), checking every shard's sha256.
+
+    Shards already at DEST with the right size and sha256 are kept; manifest.json is written last,
+    only when every shard arrived intact. Credentials come from the environment (AWS_*, GOOGLE_*, HF_TOKEN).
+    """
+    from vidshard.shards.cache import FetchError
+    from vidshard.shards.copy import CopyConfig, copy_set
+
+    try:
+        r = copy_set(CopyConfig(source=source, dest=dest, workers=workers, attempts=attempts,
+                                progress=not quiet))
+    except (OSError, ValueError, FetchError) as e:
+        raise _sh_fail(e) from None
+    for name, why in r.failed:
+        typer.echo(f"failed: {name}: {why}", err=True)
+    typer.echo(f"{len(r.copied)} shards copied ({r.bytes_copied} bytes), {len(r.kept)} already there, "
+               f"{len(r.failed)} failed" + ("; manifest.json written" if r.manifest_written else
+                                             "; manifest.json NOT written: run the command again"))
+    if not r.ok:
+        raise typer.Exit(1)
+
+
 # == bench =======================================================================================
 
 
@@ -414,6 +452,8 @@ def bench_loader_cmd(
     cache_dir: str = typer.Option(None, "--cache-dir", help="For an http(s) SHARDSET: download each shard "
                                   "once into this folder (checked against the manifest's sha256) and "
                                   "time the cached copies; reused by later runs."),
+    cache_limit: str = typer.Option(None, "--cache-limit", help="Most the cache may hold, e.g. 20G or 500M; "
+                                    "least-recently-used shards are evicted (rows then include downloads)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Clips/s of the shard loader vs raw videos loaded the conventional way vs the decode-only limit."""
@@ -425,8 +465,12 @@ def bench_loader_cmd(
                  workdir=workdir, cache_dir=cache_dir)
     console = Console()
     try:  # defaults live in LoaderBenchConfig: pass only what was given
+        if cache_limit is not None:
+            from vidshard.shards.cache_limit import parse_size
+
+            given["cache_limit"] = parse_size(cache_limit)
         result = run_bench(LoaderBenchConfig(**{k: v for k, v in given.items() if v is not None}), console)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a shard could not be fetched
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
     show(result, console)

@@ -27,6 +27,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,8 +41,9 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from vidshard.shards.decode import decode_frames, demux
 from vidshard.shards.loader import ClipLoader, LoaderConfig
-from vidshard.shards.location import resolve
+from vidshard.shards.location import ShardSource, resolve
 from vidshard.shards.sampling import ClipSpec, dense_indices, dense_starts, plan_sample, random_resized_crop
+from vidshard.shards.tarsamples import tar_samples
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"}
 
@@ -79,7 +81,10 @@ class LoaderBenchConfig:
     """Where generated inputs go (a temporary folder when None)."""
     cache_dir: str | None = None
     """For an ``http(s)`` shard set: download every shard once into this cache (sha256-checked) before
-    timing, then read the cached copies in every row; None streams the shards in every run."""
+    timing, then read the cached copies in every row; None streams the shards in every run. Object
+    storage (``s3://`` ...) is always cached (by default in ``~/.cache/vidshard``)."""
+    cache_limit: int | None = None
+    """Bytes the cache may hold (LRU eviction); smaller than the set, the rows include re-downloads."""
 
     def __post_init__(self) -> None:
         if min(self.frames, self.stride, self.size, self.batch_size, self.clips, self.clips_per_sample,
@@ -165,27 +170,28 @@ class RawClips(IterableDataset):
 class DecodeOnly(IterableDataset):
     """Endless: decode exactly one clip's frames per shard-set sample, and nothing else."""
 
-    def __init__(self, urls: list[str], spec: ClipSpec, seed: int, threads: int = 1) -> None:
+    def __init__(self, source: ShardSource, spec: ClipSpec, seed: int, threads: int = 1) -> None:
         super().__init__()
-        self.urls, self.spec, self.seed, self.threads = urls, spec, seed, threads
+        self.source, self.spec, self.seed, self.threads = source, spec, seed, threads
 
     def __iter__(self) -> Iterator[int]:
-        import webdataset as wds
-
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         rng = _worker_rng(self.seed, "decode")
         while True:  # this worker's share of the samples (every workers-th), over and over
-            samples = wds.tarfile_to_samples()(iter([{"url": u} for u in self.urls]))
-            for i, sample in enumerate(samples):
-                if i % workers != worker:
-                    continue
-                with av.open(io.BytesIO(sample["mp4"])) as c:
-                    stream, packets = demux(c)
-                    w, h = stream.codec_context.width, stream.codec_context.height
-                    (views,) = plan_sample(len(packets), w, h, self.spec, rng)
-                    decode_frames(stream, packets, views[0].indices, self.threads)
-                yield 1
+            i = 0
+            for shard in range(len(self.source.urls)):
+                with self.source.open(shard) as stream:  # a cached copy stays pinned while read
+                    for sample in tar_samples(stream, self.source.urls[shard]):
+                        i += 1
+                        if i % workers != worker or "mp4" not in sample:
+                            continue
+                        with av.open(io.BytesIO(sample["mp4"])) as c:
+                            stream, packets = demux(c)
+                            w, h = stream.codec_context.width, stream.codec_context.height
+                            (views,) = plan_sample(len(packets), w, h, self.spec, rng)
+                            decode_frames(stream, packets, views[0].indices, self.threads)
+                        yield 1
 
 
 def _time(batches: Iterable[Any], clips: int, max_seconds: float, skip: int,
@@ -212,11 +218,14 @@ def _time(batches: Iterable[Any], clips: int, max_seconds: float, skip: int,
     return {"clips": n, "seconds": round(dt, 3), "clips_per_s": round(n / dt, 2)}
 
 
-def _loader_epochs(cfg: LoaderConfig) -> Iterator[dict[str, Any]]:
+def _loader_epochs(cfg: LoaderConfig, cache: Counter) -> Iterator[dict[str, Any]]:
     loader = ClipLoader(cfg)
-    for epoch in range(10**6):
-        loader.set_epoch(epoch)
-        yield from loader
+    try:
+        for epoch in range(10**6):
+            loader.set_epoch(epoch)
+            yield from loader
+    finally:
+        cache.update(loader.cache_stats)
 
 
 def _dl(ds: IterableDataset, workers: int) -> DataLoader:
@@ -257,25 +266,28 @@ def run_bench(cfg: LoaderBenchConfig, console: Any = None) -> dict[str, Any]:
     shardset = cfg.shardset or str(shards)
     videos = list_videos(cfg.raw or raw)
     base = dict(source=shardset, frames=cfg.frames, stride=cfg.stride, size=cfg.size, workers=cfg.workers,
-                batch_size=cfg.batch_size, seed=cfg.seed, drop_last=False, cache_dir=cfg.cache_dir)
+                batch_size=cfg.batch_size, seed=cfg.seed, drop_last=False, cache_dir=cfg.cache_dir,
+                cache_limit=cfg.cache_limit)
     spec = LoaderConfig(**base).clip_spec()
-    source = resolve(shardset, cfg.cache_dir)
+    source = resolve(shardset, cfg.cache_dir, cfg.cache_limit)
     # With a cache the download happens here, once, untimed; every row then reads the verified copies.
-    urls = [source.open_url(i) for i in range(len(source.urls))]
+    for i in range(len(source.urls)):
+        source.open_url(i)
+    cache: Counter = Counter()
     keys = lambda b: len(b["key"])  # noqa: E731
     threads = LoaderConfig(**base).threads()  # decoder threads per worker, the same in every row
     raw_clips = RawClips(videos, spec, cfg.size, cfg.batch_size, cfg.seed, threads)
     w, n, t = max(1, cfg.workers), cfg.clips, cfg.max_seconds
     runs = {
         "raw videos (conventional)": lambda: _time(_dl(raw_clips, cfg.workers), n, t, w),
-        "shard loader": lambda: _time(_loader_epochs(LoaderConfig(**base)), n, t, w, keys),
-        "decode-only limit": lambda: _time(_dl(DecodeOnly(urls, spec, cfg.seed, threads), cfg.workers), n, t,
-                                           w, lambda b: b),
+        "shard loader": lambda: _time(_loader_epochs(LoaderConfig(**base), cache), n, t, w, keys),
+        "decode-only limit": lambda: _time(_dl(DecodeOnly(source, spec, cfg.seed, threads), cfg.workers), n,
+                                           t, w, lambda b: b),
     }
     if cfg.clips_per_sample > 1:
         kcfg = LoaderConfig(**base, clips_per_sample=cfg.clips_per_sample)
         name = f"shard loader, {cfg.clips_per_sample} clips/sample"
-        runs[name] = lambda: _time(_loader_epochs(kcfg), n, t, w, keys)
+        runs[name] = lambda: _time(_loader_epochs(kcfg, cache), n, t, w, keys)
     measured: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
     with Progress(console=console, transient=True, disable=console is None) as progress:
         task = progress.add_task("bench loader", total=cfg.repeats * len(runs))
@@ -301,6 +313,8 @@ def run_bench(cfg: LoaderBenchConfig, console: Any = None) -> dict[str, Any]:
         "speedup_vs_raw": ratio("shard loader", "raw videos (conventional)"),
         "fraction_of_decode_limit": ratio("shard loader", "decode-only limit"),
     }
+    if source.counters is not None:  # hits, misses, bytes downloaded, evictions of every row
+        result["cache"] = dict(cache + Counter(source.counters.snapshot()))
     if cfg.clips_per_sample > 1:
         result["clips_per_sample_gain"] = ratio(f"shard loader, {cfg.clips_per_sample} clips/sample",
                                                 "shard loader")
@@ -333,6 +347,10 @@ def show(result: dict[str, Any], console: Any) -> None:
     console.print(f"shard loader vs raw videos: [bold]{result['speedup_vs_raw']:.1f}x[/] (goal >= 5x); "
                   f"fraction of the decode-only limit: [bold]{result['fraction_of_decode_limit']:.2f}[/] "
                   "(goal >= 0.8)")
+    if "cache" in result:
+        c = result["cache"]
+        console.print(f"cache: {c.get('hits', 0)} hits, {c.get('misses', 0)} misses, "
+                      f"{c.get('bytes_downloaded', 0)} bytes downloaded, {c.get('evicted', 0)} evicted")
     if "clips_per_sample_gain" in result:
         console.print(f"clips_per_sample {result['config']['clips_per_sample']}: "
                       f"{result['clips_per_sample_gain']:.2f}x the clips/s of 1")

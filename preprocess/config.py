@@ -8,23 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vidshard.shards.cache_limit import parse_size  # noqa: F401 (its one home; the CLI imports it here)
 from vidshard.shards.schema import DEFAULT_PREFIX
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-
-
-def parse_size(text: str | int) -> int:
-    """``"1GB"`` -> 10**9, ``"512MiB"`` -> 2**29, ``"2000000"`` -> 2000000 bytes."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"size {text!r}: expected bytes or a number with a unit, e.g. 1GB, 500MB, 512MiB")
-    unit = (m[2] or "").lower().removesuffix("b")
-    return int(float(m[1]) * _UNITS[unit])
 
 
 @dataclass(frozen=True, kw_only=True)

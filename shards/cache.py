@@ -12,7 +12,8 @@ so two shard sets whose shards share names never collide, and a shard that two
 sets share is stored once. A dropped connection resumes with a Range request
 (a fresh GET when the server ignores it); a download whose size or hash is
 wrong is thrown away and fetched again; after the last attempt
-:class:`FetchError` names the URL and what went wrong.
+:class:`FetchError` names the URL and what went wrong. Object storage (``s3://``, ``gs://``, ...)
+is fetched the same way through :mod:`vidshard.shards.remote`.
 
 The server is untrusted: no more than the manifest's byte count is ever read
 (a longer body is an error, not a bigger file), and every transfer has a
@@ -21,6 +22,9 @@ hung server nor a 1 byte/s drip can hold a download forever. A complete
 ``.part`` left by a kill is hashed and used, never re-requested with a Range
 past its end. :func:`open_http` gives the loader the same guarantees when it
 streams shards without a cache.
+
+With a ``limit``, least-recently-used shards are evicted to make room, never one that a process holds
+with :func:`use_shard` (see :mod:`vidshard.shards.cache_limit`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from .cache_limit import CacheCounters, pinned, reserve, touch
 from .schema import MANIFEST_MAX_BYTES, ShardInfo, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -139,29 +144,56 @@ def _stat_key(path: Path) -> tuple[str, int, int, int]:
     return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def fetch_shard(url: str, info: ShardInfo, cache_dir: Path, *, policy: RetryPolicy | None = None) -> Path:
+def fetch_shard(url: str, info: ShardInfo, cache_dir: Path, *, policy: RetryPolicy | None = None,
+                limit: int | None = None, counters: CacheCounters | None = None) -> Path:
     """Return a local, verified copy of the shard at ``url``, downloading it at most once.
 
     A cached copy is checked (size, and SHA-256 once per process); a corrupt one is
     deleted and fetched again. Raises :class:`FetchError` after ``policy.attempts``
-    (default :data:`DEFAULT_POLICY`).
+    (default :data:`DEFAULT_POLICY`). With ``limit`` (bytes), older shards not in use are
+    evicted first to make room; ``counters`` counts the hit or the miss and its bytes.
     """
     policy = policy or DEFAULT_POLICY
     final = cache_path(info, cache_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final):  # one download per shard even with many loader workers
-        if final.exists():
-            if _stat_key(final) in _checked:
-                return final
-            problem = check_file(final, info)
-            if problem is None:
-                _checked.add(_stat_key(final))
-                return final
-            log.warning("cached %s (%s) is corrupt (%s); fetching it again", final, info.name, problem)
-            final.unlink()
-        _download_verified(url, info, final, policy)
+    # Pinned, so no evictor removes it while it is checked; locked: one download per shard.
+    with pinned(final), _locked(final):
+        if _cached_ok(final, info):
+            if counters is not None:
+                counters.add(hits=1)
+            return final
+        with reserve(final, info.bytes, Path(cache_dir), limit, counters):
+            _download_verified(url, info, final, policy)
         _checked.add(_stat_key(final))
+        if counters is not None:
+            counters.add(misses=1, bytes_downloaded=info.bytes)
         return final
+
+
+def _cached_ok(final: Path, info: ShardInfo) -> bool:
+    """True when ``final`` is a good copy; a corrupt one is deleted."""
+    if not final.exists():
+        return False
+    if _stat_key(final) in _checked:
+        return True
+    problem = check_file(final, info)
+    if problem is None:
+        _checked.add(_stat_key(final))
+        return True
+    log.warning("cached %s (%s) is corrupt (%s); fetching it again", final, info.name, problem)
+    final.unlink()
+    return False
+
+
+@contextlib.contextmanager
+def use_shard(url: str, info: ShardInfo, cache_dir: Path, *, policy: RetryPolicy | None = None,
+              limit: int | None = None, counters: CacheCounters | None = None) -> Iterator[Path]:
+    """:func:`fetch_shard`, then hold the shard (pinned: never evicted, marked as just used) until the
+    block ends; read it inside the block."""
+    with pinned(cache_path(info, cache_dir)):
+        path = fetch_shard(url, info, cache_dir, policy=policy, limit=limit, counters=counters)
+        touch(path)
+        yield path
 
 
 @contextlib.contextmanager
@@ -181,7 +213,7 @@ def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPoli
         try:
             # A whole .part (left by a kill, or by an attempt that stalled after the last byte) needs no
             # request: a Range past its end would only get HTTP 416.
-            size, digest = _complete_part(tmp, info) or _download(url, tmp, info, policy)
+            size, digest = _complete_part(tmp, info) or _download_any(url, tmp, info, policy)
             problem = mismatch(size, digest, info) or ""
             if not problem:
                 os.replace(tmp, final)
@@ -193,6 +225,9 @@ def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPoli
             if e.code < 500 and e.code != 416:  # 404 and friends will not heal by retrying
                 raise FetchError(f"{url}: HTTP {e.code} {e.reason}; is the shard set served there?") from e
             problem = f"HTTP {e.code} {e.reason}"  # 416: our partial file was dropped, start again
+        except (FileNotFoundError, PermissionError) as e:  # object storage: missing object, no access
+            raise FetchError(f"{url} ({info.name}): {type(e).__name__}: {e}; check the URL and the "
+                             "credentials in the environment") from e
         except _TRANSIENT as e:
             problem = f"{type(e).__name__}: {e}"  # keep the partial file: the next attempt resumes it
         if attempt < policy.attempts:
@@ -200,6 +235,14 @@ def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPoli
             time.sleep(policy.wait(attempt))
     tmp.unlink(missing_ok=True)
     raise FetchError(f"{url} ({info.name}): gave up after {policy.attempts} attempts; last: {problem}")
+
+
+def _download_any(url: str, tmp: Path, info: ShardInfo, policy: RetryPolicy) -> tuple[int, str]:
+    from . import remote  # object storage: fsspec, imported only when used
+
+    if remote.is_remote(url):
+        return remote.download(url, tmp, info.bytes)
+    return _download(url, tmp, info, policy)
 
 
 def _complete_part(tmp: Path, info: ShardInfo) -> tuple[int, str] | None:

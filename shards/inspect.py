@@ -25,8 +25,9 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from .cache import FetchError, fetch_bytes
+from .cache import FetchError
 from .localset import open_set_file
+from .remote import read_file
 from .schema import (
     FAILURES,
     META_EXT,
@@ -179,10 +180,10 @@ def _meta(members: dict[str, bytes], summary: Summary) -> SampleMeta | None:
 
 def _count_failures(base: str) -> int | None:
     try:
-        data = fetch_bytes(base + FAILURES) if is_url(base) else (Path(base) / FAILURES).read_bytes()
+        data = read_file(base, FAILURES)
     except FileNotFoundError:
         return 0
-    except (FetchError, OSError):
+    except (FetchError, OSError, ValueError):
         return None
     return sum(1 for line in data.splitlines() if line.strip())
 

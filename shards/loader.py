@@ -110,10 +110,13 @@ class LoaderConfig:
     interpolation: str = "bilinear"
     """swscale filter for the fused crop and resize: bilinear, area, bicubic or fast_bilinear."""
     cache_dir: str | None = None
-    """Cache http(s) shards here (downloaded once, sha256-checked); None streams them."""
+    """Cache http(s) shards here (downloaded once, sha256-checked); None streams them. Object storage
+    (s3://, gs://, ...) is always cached, by default in ~/.cache/vidshard."""
     timeout_s: float = cache.RetryPolicy.timeout_s
     """http(s) sources: seconds a connection or a read may stall; a shard's whole transfer must end within
     timeout_s + its bytes / 256 KiB/s (a stalled or dripping server fails instead of hanging)."""
+    cache_limit: int | None = None
+    """Bytes the cache may hold; least-recently-used shards not being read are evicted (None: no limit)."""
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -128,6 +131,8 @@ class LoaderConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if min(self.workers, self.shuffle_buffer, self.clip_buffer, self.decoder_threads or 0) < 0:
             raise ValueError("workers, shuffle_buffer, clip_buffer and decoder_threads must be >= 0")
+        if self.cache_limit is not None and self.cache_limit < 1:
+            raise ValueError(f"cache_limit must be a positive number of bytes, got {self.cache_limit}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         self.clip_spec()  # validates scale and ratio
@@ -346,7 +351,7 @@ class ClipLoader:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} not in [0, {self.world_size})")
         policy = replace(cache.DEFAULT_POLICY, timeout_s=cfg.timeout_s)
-        self.source = resolve(cfg.source, cfg.cache_dir, policy=policy)
+        self.source = resolve(cfg.source, cfg.cache_dir, cfg.cache_limit, policy=policy)
         check_claims(self.source)
         self.epoch = 0
         self.stats = LoaderStats()
@@ -355,6 +360,13 @@ class ClipLoader:
     def classes(self) -> list[str] | None:
         """Label names from the manifest (index = label), or None when unlabeled or unknown."""
         return self.source.classes
+
+    @property
+    def cache_stats(self) -> dict[str, int]:
+        """Cache hits, misses, bytes_downloaded, evicted, evicted_bytes of this loader's processes since
+        it was made ({} without a cache)."""
+        counters = self.source.counters
+        return {} if counters is None else counters.snapshot()
 
     @property
     def num_classes(self) -> int:

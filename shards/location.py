@@ -8,16 +8,25 @@ Accepted, as webdataset users expect:
 - an ``http(s)://host/prefix/`` (``manifest.json`` is fetched from it);
 - a brace pattern such as ``/data/train-{000000..000127}.tar`` or ``http://h/train-{000000..000003}.tar``
   (the manifest next to the shards is used when it exists, for the sample counts);
-- a ``pipe:`` command (``pipe:curl -s http://h/train-{000000..000003}.tar``), opened by webdataset.
+- a ``pipe:`` command (``pipe:curl -s http://h/train-{000000..000003}.tar``), opened by webdataset;
+- an fsspec URL of object storage (``s3://bucket/set/``, ``gs://...``, ``hf://datasets/org/name/set``)
+  or of its ``manifest.json`` (:mod:`vidshard.shards.remote`).
 
-With a ``cache_dir``, shards of an ``http(s)`` source are downloaded once into the cache and checked
-against the manifest's sha256 (:func:`vidshard.shards.cache.fetch_shard`) when they are opened; without
-one they are streamed (:func:`vidshard.shards.cache.open_http`). Either way the bytes read are capped at
-the manifest's size and every transfer has a deadline (``policy``).
+The one door to a shard's bytes is :meth:`ShardSource.open`: with a ``cache_dir``, a shard of an
+``http(s)`` source is downloaded once into the cache and checked against the manifest's sha256
+(:func:`vidshard.shards.cache.fetch_shard`) and held (pinned) until its stream is closed, so a
+``cache_limit`` never evicts it under a reader; without one it is streamed
+(:func:`vidshard.shards.cache.open_http`). Either way the bytes read are capped at the manifest's size
+and every http(s) transfer has a deadline (``policy``). Object storage is always read through the cache
+(by default in :func:`~vidshard.shards.cache_limit.default_cache_dir`). Whole-file streams of a set
+(``verify``, ``copy``) and its small files go through :func:`vidshard.shards.remote.open_file` and
+:func:`~vidshard.shards.remote.read_file`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,8 +35,18 @@ from typing import BinaryIO
 from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
 
-from .cache import RetryPolicy
-from .schema import MANIFEST, Manifest, ManifestError, ShardInfo, check_shard_name, parse_shard_name
+from . import remote
+from .cache import CHUNK, RetryPolicy
+from .cache_limit import CacheCounters, default_cache_dir
+from .schema import (
+    MANIFEST,
+    MANIFEST_MAX_BYTES,
+    Manifest,
+    ManifestError,
+    ShardInfo,
+    check_shard_name,
+    parse_shard_name,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,9 +62,13 @@ class ShardSource:
     base: str
     """Folder or URL prefix the shards live under (``""`` for ``pipe:``)."""
     cache_dir: Path | None = None
-    """Where http(s) shards are cached; ``None`` streams them directly."""
+    """Where http(s) and object-storage shards are cached; ``None`` streams http(s) shards directly."""
     policy: RetryPolicy | None = None
     """Retries, timeout and deadline of http(s) transfers (``None``: the cache's default)."""
+    cache_limit: int | None = None
+    """Bytes the cache may hold; least-recently-used shards not in use are evicted (None: no limit)."""
+    counters: CacheCounters | None = None
+    """Cache hits, misses, bytes downloaded and evictions of every process reading this source."""
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -62,25 +85,62 @@ class ShardSource:
     def classes(self) -> list[str] | None:
         return None if self.manifest is None else self.manifest.classes
 
-    def open_url(self, index: int) -> str:
-        """The URL to open for shard ``index``: a verified cached copy for http(s) with a cache."""
+    def _cached(self, index: int) -> bool:
         url = self.urls[index]
-        if self.cache_dir is not None and _is_http(url) and self.infos is not None:
-            from .cache import fetch_shard  # lazy: only remote sources need it
+        cacheable = _is_http(url) or remote.is_remote(url)
+        return cacheable and self.cache_dir is not None and self.infos is not None
 
-            return str(fetch_shard(url, self.infos[index], Path(self.cache_dir), policy=self.policy))
-        return url
+    def open_url(self, index: int) -> str:
+        """The URL to open for shard ``index``: a verified cached copy for http(s) with a cache.
+
+        Not pinned: with a ``cache_limit``, read through :meth:`open` instead."""
+        if not self._cached(index):
+            return self.urls[index]
+        from .cache import fetch_shard  # lazy: only remote sources need it
+
+        return str(fetch_shard(self.urls[index], self.infos[index], Path(self.cache_dir), policy=self.policy,
+                               limit=self.cache_limit, counters=self.counters))
 
     def open(self, index: int) -> BinaryIO:
-        """Shard ``index`` as a stream: the cached copy, an http(s) stream capped at the manifest's bytes
-        with a deadline (no cache), a local file, or the user's own ``pipe:`` command (webdataset's gopen)."""
-        url = self.open_url(index)
+        """Shard ``index`` as a stream: the cached copy (pinned until the stream is closed), an http(s)
+        stream capped at the manifest's bytes with a deadline (no cache), a local file, or the user's own
+        ``pipe:`` command (webdataset's gopen)."""
+        if self._cached(index):
+            return self._open_cached(index)
+        url = self.urls[index]
         if _is_http(url):
             from .cache import open_http
 
             size = None if self.infos is None else self.infos[index].bytes
             return open_http(url, size, policy=self.policy)
         return gopen(url) if url.startswith("pipe:") else open(url, "rb")  # noqa: SIM115 (the caller closes it)
+
+    def _open_cached(self, index: int) -> BinaryIO:
+        from .cache import use_shard
+
+        held = contextlib.ExitStack()
+        try:
+            path = held.enter_context(use_shard(self.urls[index], self.infos[index], Path(self.cache_dir),
+                                                policy=self.policy, limit=self.cache_limit,
+                                                counters=self.counters))
+            return io.BufferedReader(_PinnedFile(path, held), CHUNK)
+        except BaseException:
+            held.close()
+            raise
+
+
+class _PinnedFile(io.FileIO):
+    """A cached shard open for reading; closing it releases the shard's pin (then it may be evicted)."""
+
+    def __init__(self, path: Path, held: contextlib.ExitStack) -> None:
+        super().__init__(path, "rb")
+        self._held = held
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._held.close()
 
 
 def _is_http(s: str) -> bool:
@@ -106,6 +166,8 @@ def _join(base: str, name: str) -> str:
     (``Path(".") / "pipe:cmd"`` is ``"pipe:cmd"``, which webdataset would run).
     """
     check_shard_name(name)
+    if remote.is_remote(base):
+        return remote.join(base, name)
     return base + name if _is_http(base) else str(Path(base).absolute() / name)
 
 
@@ -167,11 +229,30 @@ def _from_folder(folder: Path, cache_dir: Path | None) -> ShardSource:
                        cache_dir=cache_dir)
 
 
-def resolve(location: str | Path, cache_dir: str | Path | None = None, *,
+def resolve(location: str | Path, cache_dir: str | Path | None = None, cache_limit: int | None = None, *,
             policy: RetryPolicy | None = None) -> ShardSource:
     """Resolve a shard-set location (see the module docstring) into a :class:`ShardSource`; ``policy``
-    governs its http(s) transfers."""
-    return replace(_resolve(str(location), cache_dir, policy), policy=policy)
+    governs its http(s) transfers. With a cache (``cache_dir``; always for object storage), the source
+    counts cache hits and misses and keeps the cache under ``cache_limit`` bytes."""
+    source = replace(_resolve(str(location), cache_dir, policy), policy=policy)
+    if source.cache_dir is None:
+        return source
+    return replace(source, cache_limit=cache_limit, counters=CacheCounters())
+
+
+def _from_remote(loc: str, cache: Path | None) -> ShardSource:
+    """An fsspec prefix or ``manifest.json`` URL; read through the cache (the default one without one)."""
+    if "{" in loc or loc.endswith(".tar"):
+        raise FileNotFoundError(f"{loc}: give the shard set's prefix (or its manifest.json), not shards; "
+                                "object storage is read by the manifest's list")
+    base = remote.parent(loc) if loc.endswith(".json") else loc.rstrip("/") + "/"
+    url = loc if loc.endswith(".json") else base + MANIFEST
+    try:
+        data = remote.read_small(url, MANIFEST_MAX_BYTES)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url}: no manifest.json there; is this the prefix `vidshard copy` "
+                                "wrote the shard set to?") from None
+    return _from_manifest(Manifest.from_json(data, url), base, cache or default_cache_dir())
 
 
 def _resolve(loc: str, cache_dir: str | Path | None, policy: RetryPolicy | None) -> ShardSource:
@@ -180,6 +261,8 @@ def _resolve(loc: str, cache_dir: str | Path | None, policy: RetryPolicy | None)
         return ShardSource(manifest=None, urls=expand_urls(loc), infos=None, base="", cache_dir=cache)
     if loc.startswith("file://"):
         loc = urllib.parse.urlparse(loc).path
+    if remote.is_remote(loc):
+        return _from_remote(loc, cache)
     if _is_http(loc):
         if "{" in loc or loc.endswith(".tar"):
             return _from_pattern(loc, cache)
@@ -197,4 +280,5 @@ def _resolve(loc: str, cache_dir: str | Path | None, policy: RetryPolicy | None)
     if path.suffix == ".tar" and path.is_file():
         return _from_pattern(str(path), cache)
     raise FileNotFoundError(f"{loc}: not a shard set; give a folder with manifest.json, a manifest.json "
-                            "path or URL, an http(s):// prefix, a brace pattern or a pipe: command")
+                            "path or URL, an http(s):// prefix, an fsspec URL (s3://bucket/set/), a brace "
+                            "pattern or a pipe: command")

@@ -31,8 +31,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import remote
 from .cache import CHUNK, FetchError, fetch_bytes
-from .localset import OutsideSetError, open_set_file
+from .localset import OutsideSetError
 from .schema import (
     LABEL_EXT,
     MANIFEST,
@@ -114,7 +115,8 @@ class VerifyResult:
 
 
 def is_url(location: str) -> bool:
-    return str(location).startswith(("http://", "https://"))
+    """An http(s) or object-storage (``s3://``, ...) location, not a local folder."""
+    return str(location).startswith(("http://", "https://")) or remote.is_remote(location)
 
 
 def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple[Manifest, str]:
@@ -123,7 +125,8 @@ def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple
     With a ``rejects`` list, bad shard entries go there instead of raising
     :class:`~vidshard.shards.schema.ManifestError` (see :meth:`Manifest.from_dict`).
 
-    A folder, a ``manifest.json`` path or URL, or an ``http(s)://`` prefix is read directly;
+    A folder, a ``manifest.json`` path or URL, or an ``http(s)://`` or object-storage prefix is read
+    directly;
     anything else :func:`~vidshard.shards.location.resolve` accepts (brace patterns, ``file://``)
     goes through it (which imports webdataset and torch, seconds of start-up a plain check skips).
     """
@@ -131,9 +134,11 @@ def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple
     if is_url(loc) and "{" not in loc and not loc.endswith(".tar"):
         url = loc if loc.endswith(".json") else loc.rstrip("/") + "/" + MANIFEST
         try:
-            return Manifest.from_json(fetch_bytes(url), url, rejects=rejects), url.rsplit("/", 1)[0] + "/"
-        except FetchError as e:
-            raise FileNotFoundError(f"{e}; is the shard set served there (`vidshard serve`)?") from None
+            data = remote.read_small(url) if remote.is_remote(url) else fetch_bytes(url)
+            return Manifest.from_json(data, url, rejects=rejects), url.rsplit("/", 1)[0] + "/"
+        except (FetchError, FileNotFoundError) as e:
+            raise FileNotFoundError(f"{e}; is the shard set served or copied there (`vidshard serve`, "
+                                    "`vidshard copy`)?") from None
     path = Path(loc)
     if path.is_dir() or (path.suffix == ".json" and path.is_file()):
         file = path / MANIFEST if path.is_dir() else path
@@ -152,11 +157,10 @@ def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple
 
 
 def open_shard(base: str, name: str) -> BinaryIO:
-    """A binary stream of shard ``name`` (a checked manifest name) under a folder or URL ``base``;
-    a local shard that links out of the folder raises :class:`OutsideSetError`."""
-    if is_url(base):
-        return urllib.request.urlopen(base + name, timeout=60)
-    return open_set_file(base, name)
+    """A binary stream of shard ``name`` (a checked manifest name) under a folder, http(s) or
+    object-storage prefix ``base``; a local shard that links out of the folder raises
+    :class:`OutsideSetError`."""
+    return remote.open_file(base, name)
 
 
 class HashingReader:

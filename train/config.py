@@ -82,7 +82,11 @@ class TrainConfig:
     workers: int = 2
     """Data-loading worker processes per training process (0 = in the main process)."""
     cache_dir: str | None = None
-    """Where shards from an ``http(s)://`` shard set are cached."""
+    """Where shards from an ``http(s)://`` or object-storage (``s3://``, ``gs://``, ``hf://``) shard set are
+    cached (object storage default: ``~/.cache/vidshard``)."""
+    cache_limit: str | None = None
+    """Most the cache may hold, e.g. ``20G`` or ``500M``; least-recently-used shards not in use are evicted
+    (and downloaded again when needed). Default: no limit."""
     timeout: float = 60.0
     """http(s) shard sets: seconds a connection or read may stall; a shard's whole transfer must end
     within this plus its size at 256 KiB/s (a hung or dripping server fails, it never waits forever)."""
@@ -144,6 +148,7 @@ class TrainConfig:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if min(self.workers, self.eval_every, self.clip_grad, self.threads) < 0:
             raise ValueError("workers, eval_every, clip_grad and threads may not be negative")
+        cache_limit_bytes(self.cache_limit)  # validates it
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -177,7 +182,9 @@ class EvalConfig:
     workers: int = 2
     """Data-loading worker processes."""
     cache_dir: str | None = None
-    """Where shards from an ``http(s)://`` shard set are cached."""
+    """Where shards from an ``http(s)://`` or object-storage shard set are cached."""
+    cache_limit: str | None = None
+    """Most the cache may hold, e.g. ``20G``; least-recently-used shards are evicted. Default: no limit."""
     timeout: float = 60.0
     """http(s) shard sets: seconds a connection or read may stall; a shard's whole transfer must end
     within this plus its size at 256 KiB/s (a hung or dripping server fails, it never waits forever)."""
@@ -193,6 +200,19 @@ class EvalConfig:
             raise ValueError("views and batch_size must be at least 1")
         if self.workers < 0 or self.threads < 0:
             raise ValueError("workers and threads may not be negative")
+        cache_limit_bytes(self.cache_limit)  # validates it
+
+
+def cache_limit_bytes(text: str | int | None) -> int | None:
+    """``--cache-limit`` in bytes (``"20G"`` -> 20 * 10**9), None for no limit."""
+    if text is None:
+        return None
+    from ..shards.cache_limit import parse_size
+
+    n = parse_size(text)
+    if n < 1:
+        raise ValueError(f"cache_limit {text!r} must be more than 0 bytes")
+    return n
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

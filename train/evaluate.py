@@ -107,6 +107,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         result = evaluate_model(model, loader, device, ckpt["classes"], progress)
     result = {"checkpoint": str(cfg.checkpoint), "data": cfg.data, "step": ckpt["step"],
               "views": {"temporal": cfg.temporal_views, "spatial": cfg.spatial_views}, **result}
+    if loader.cache_stats:
+        result["cache"] = loader.cache_stats  # hits, misses, bytes_downloaded, evicted
     out = Path(cfg.out) if cfg.out else run_folder(cfg.checkpoint) / "eval.json"
     atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
     result["out"] = str(out)

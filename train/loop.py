@@ -32,7 +32,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
-from .data import normalize, train_loader, val_loader_for
+from .data import cache_metrics, normalize, train_loader, val_loader_for
 from .distributed import DistInfo
 from .evaluate import evaluate_model
 from .metrics import Meter, RunLog, progress_bar, truncate_metrics
@@ -248,7 +248,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
             t0 = t2
             # -- every log_every steps: metrics.jsonl, TensorBoard, progress bar
             if run.step % cfg.log_every == 0 or run.step == stop_at:
-                summary = distributed.mean_across(meter.summary(info.world_size), info)
+                summary = distributed.mean_across(meter.summary(info.world_size) | cache_metrics(run.loader),
+                                                  info)
                 summary["lr"], summary["epoch"] = lr, epoch
                 log.write(run.step, summary)
                 bar.update(task, completed=run.step, loss=summary["loss"],
