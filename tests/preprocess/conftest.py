@@ -3,7 +3,7 @@ rotation, VFR, audio, odd names, and broken files. All tiny and made with ffmpeg
 
 from __future__ import annotations
 
-import os
+import random
 from pathlib import Path
 
 import pytest
@@ -59,7 +59,8 @@ def make_variety(root: Path) -> Path:
          str(root / VFR))
     (root / "zero.mp4").write_bytes(b"")
     (root / "text.mp4").write_text("this is not a video\n" * 50)
-    (root / "noise.avi").write_bytes(os.urandom(40_000))
+    # seeded: some random bytes probe as a container with no video stream, which is another reason
+    (root / "noise.avi").write_bytes(random.Random(0).randbytes(40_000))
     _raw("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(root / "audio only.m4a"))
     _raw("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-t", "4", "-c:v", "libx264",
          "-movflags", "+faststart", str(root / "whole.tmp.mp4"))
