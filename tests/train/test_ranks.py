@@ -23,7 +23,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_ranks(data: Path, out: Path) -> None:
+def run_two_ranks(data: Path, out: Path, device: str = "cpu") -> None:
+    """Both ranks of ``two_ranks.py`` (gloo on ``cpu``, NCCL on ``cuda``: rank r on cuda:r)."""
     script = Path(__file__).with_name("two_ranks.py")
     port = _free_port()
     procs = []
@@ -32,7 +33,7 @@ def run_two_ranks(data: Path, out: Path) -> None:
                "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "OMP_NUM_THREADS": "1"}
         log = open(out / f"rank{rank}.log", "w")  # noqa: SIM115 (closed below)
-        procs.append((subprocess.Popen([sys.executable, str(script), str(data), str(out)], stdout=log,
+        procs.append((subprocess.Popen([sys.executable, str(script), str(data), str(out), device], stdout=log,
                                        stderr=subprocess.STDOUT, env=env), log))
     deadline = time.monotonic() + TIMEOUT_S
     try:

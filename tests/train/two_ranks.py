@@ -1,6 +1,6 @@
 """Run as two ranks (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR/PORT`` set, as torchrun sets them) by
-``test_ranks.py`` (not collected by pytest): ``two_ranks.py SHARDSET OUT``, a small MAE run on gloo that
-records what each rank did into ``OUT/rank{R}.pt``:
+``test_ranks.py`` (not collected by pytest): ``two_ranks.py SHARDSET OUT [DEVICE]``, a small MAE run
+(gloo on ``cpu``, NCCL on ``cuda``) that records what each rank did into ``OUT/rank{R}.pt``:
 
 - the weights each rank built before DDP wrapped them, and whether DDP syncs buffers every step;
 - every tube mask it drew;
@@ -21,7 +21,7 @@ from vidshard.train.config import TrainConfig
 KEYS = ("encoder.patch_embed", "encoder.blocks.0.", "decoder_pred")
 
 
-def main(data: str, out: Path, rank: int) -> None:
+def main(data: str, out: Path, rank: int, device: str = "cpu") -> None:
     seen: dict = {"masks": [], "calls": 0, "error": None}
     real_masking, real_wrap, real_loss = mae.tube_masking, distributed.wrap, mae.MAEObjective.loss
 
@@ -52,7 +52,7 @@ def main(data: str, out: Path, rank: int) -> None:
     mae.tube_masking, distributed.wrap, mae.MAEObjective.loss = masking, wrap, loss
     cfg = TrainConfig(data=data, out=str(out / "run"), objective="mae", steps=4, batch_size=4, frames=4,
                       stride=2, size=32, workers=0, progress=False, log_every=1, ckpt_every=100,
-                      mask_ratio=0.75, decoder_dim=32, decoder_depth=1, device="cpu", threads=1)
+                      mask_ratio=0.75, decoder_dim=32, decoder_depth=1, device=device, threads=1)
     try:
         loop.train(cfg)
     except FloatingPointError as e:
@@ -62,4 +62,4 @@ def main(data: str, out: Path, rank: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), int(os.environ["RANK"]))
+    main(sys.argv[1], Path(sys.argv[2]), int(os.environ["RANK"]), *sys.argv[3:4])
