@@ -138,7 +138,5 @@ def test_the_gpu_suite_refuses_to_pass_without_a_gpu() -> None:
     enabled = subprocess.run(pytest_cmd, cwd=root, capture_output=True, text=True, timeout=120,
                              env={**os.environ, "VIDSHARD_GPU_TESTS": "1"})
     assert enabled.returncode != 0 and "no CUDA device" in enabled.stdout + enabled.stderr
-    # and without VIDSHARD_GPU_TESTS=1 (`make test`, a plain `pytest`) the suite is not even collected
-    conftest = (root / "tests" / "gpu" / "conftest.py").read_text()
-    assert 'collect_ignore_glob = ["test_*.py"]' in conftest and "def test_" in (
-        root / "tests" / "gpu" / "test_cuda.py").read_text()
+    # Without VIDSHARD_GPU_TESTS=1 the suite is not collected: were it collected, this very `make test`
+    # run would stop at tests/gpu's "no CUDA device" exit.
