@@ -62,4 +62,4 @@ def test_cli_help_names_the_gpu_options() -> None:
     text = runner.invoke(app, ["bench", "model", "--help"], terminal_width=200).output
     assert "--peak-tflops" in text and "--fit" in text and "largest batch" in text
     text = runner.invoke(app, ["train", "--help"], terminal_width=200).output
-    assert "--beta2" in text and "0.95 for mae" in text
+    assert "--beta2" in text and "AdamW beta2" in text
