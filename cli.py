@@ -132,6 +132,7 @@ def train_cmd(
     min_lr: float = typer.Option(None, help=_tr_help("min_lr")),
     warmup_steps: int = typer.Option(None, help=_tr_help("warmup_steps")),
     weight_decay: float = typer.Option(None, help=_tr_help("weight_decay")),
+    beta2: float = typer.Option(None, help=_tr_help("beta2")),
     label_smoothing: float = typer.Option(None, help=_tr_help("label_smoothing")),
     clip_grad: float = typer.Option(None, help=_tr_help("clip_grad")),
     layer_decay: float = typer.Option(None, help=_tr_help("layer_decay")),
@@ -184,8 +185,9 @@ def train_cmd(
     if result.checkpoint is not None:
         typer.echo(f"{result.steps} steps, last loss {result.last_loss:.4f}; checkpoint {result.checkpoint}")
     if result.val is not None:
-        typer.echo(f"validation: top-1 {result.val['top1']:.1%}, top-5 {result.val['top5']:.1%} "
-                   f"on {result.val['samples']} samples")
+        from vidshard.train.metrics import describe_validation
+
+        typer.echo(describe_validation(result.val))
 
 
 @app.command("eval")
@@ -487,13 +489,19 @@ def bench_model_cmd(
     steps: int = typer.Option(3, help="Timed steps per path (after one warm-up step); the median counts."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
     threads: int = typer.Option(0, help="CPU threads (0 = torch's default); 1 is steadier when shared."),
+    peak_tflops: float = typer.Option(None, help="The device's peak dense bf16 TFLOP/s for MFU "
+                                      "[dim]\\[default: looked up by GPU name][/dim]."),
+    fit: bool = typer.Option(True, "--fit/--no-fit", help="On CUDA: search the largest batch that fits, "
+                             "with and without gradient checkpointing."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
-    """Training-step time and peak memory: fused attention (flash-attn / SDPA) vs the plain reference."""
+    """Training-step time, TFLOP/s, MFU and peak memory: fused attention (flash-attn / SDPA) vs the plain
+    reference; on CUDA also the largest batch that fits."""
     from vidshard.benchmarks.model import ModelBenchConfig, print_report, run_bench
 
     cfg = _tr_run(lambda: ModelBenchConfig(model=model, frames=frames, size=size, batch_size=batch_size,
-                                           steps=steps, device=device, threads=threads))
+                                           steps=steps, device=device, threads=threads,
+                                           peak_tflops=peak_tflops, fit=fit))
     print_report(_tr_run(run_bench, cfg), json_out)
 
 
