@@ -254,8 +254,10 @@ def encode_sweep(candidates: tuple[Candidate, ...] = CANDIDATES, *, seconds: flo
     """Measure every candidate on the same synthetic sources (640x480, ``SWEEP_SOURCES``), one thread.
 
     Bytes and SSIM/PSNR (ffmpeg's filters, against the source scaled the same way) are measured once
-    (x264 on one thread is deterministic); encode time and the loader's decode-only clips/s (random
-    16x4 clips through ``shards.decode``) ``repeats`` times, interleaved. See :func:`summarize`.
+    (x264 on one thread is deterministic); encode speed and the loader's decode-only clips/s (random
+    16x4 clips through ``shards.decode``) ``repeats`` times, interleaved, both per CPU second (the
+    process's own CPU time, which other load on a shared machine does not inflate as it does wall
+    time). See :func:`summarize`.
     """
     console = console or Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="vidshard-encode-") as tmp:
@@ -285,9 +287,9 @@ def _measure(c: Candidate, sources: list[Path], row: dict, tmp: Path, short_side
     enc_s = dec_s = 0.0
     for src in sources:
         out = tmp / f"{c.tune}_{c.crf}_{c.gop}_{c.bframes}_{src.stem}"
-        t0 = time.perf_counter()
+        t0 = _children_cpu()
         chunk = transcode(src, out, _candidate_spec(c, short_side, seconds))[0][0]
-        enc_s += time.perf_counter() - t0
+        enc_s += _children_cpu() - t0
         dec_s += _decode_clips(chunk.read_bytes(), clips, seed)
         if quality:
             q = measure_quality(chunk, src, short_side)
@@ -299,6 +301,15 @@ def _measure(c: Candidate, sources: list[Path], row: dict, tmp: Path, short_side
     row["clips_per_s"].append(clips * len(sources) / dec_s)
 
 
+def _children_cpu() -> float:
+    """CPU seconds used by finished child processes (ffmpeg): unlike wall time, not inflated by other
+    load on a shared machine."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _candidate_spec(c: Candidate, short_side: int, seconds: float) -> TranscodeSpec:
     pp = PreprocessConfig(input=".", output=".", crf=c.crf, gop=c.gop, tune=c.tune, short_side=short_side,
                           chunk_seconds=seconds, workers=1)
@@ -307,7 +318,8 @@ def _candidate_spec(c: Candidate, short_side: int, seconds: float) -> TranscodeS
 
 
 def _decode_clips(data: bytes, clips: int, seed: int) -> float:
-    """Seconds the loader's decoder takes for ``clips`` random 16x4 clips of ``data`` (one thread)."""
+    """CPU seconds the loader's decoder takes for ``clips`` random 16x4 clips of ``data`` (one thread; CPU
+    time, not wall time, so other load on a shared machine does not count)."""
     import io
     import random
 
@@ -316,14 +328,14 @@ def _decode_clips(data: bytes, clips: int, seed: int) -> float:
     from vidshard.shards.sampling import ClipSpec, plan_sample
 
     rng, spec = random.Random(seed), ClipSpec()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(clips):
         with av.open(io.BytesIO(data)) as c:
             stream, packets = demux(c)
             (views,) = plan_sample(len(packets), stream.codec_context.width, stream.codec_context.height,
                                    spec, rng)
             decode_frames(stream, packets, views[0].indices, 1)
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def summarize(measured: list[dict], baseline: str, min_speedup: float = 1.8, max_bytes: float = 1.3) -> dict:

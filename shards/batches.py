@@ -4,8 +4,10 @@
   costs more CPU in page faults than the copy it saves); :func:`copy_out` in the main process copies each
   batch out (into pinned memory with CUDA) and frees its slot at once, so a delivered batch is never
   overwritten.
-- :func:`rebatch`: merges the workers' batches into batches of ``batch_size`` holding exactly the rank's
-  clip quota, repeating clips (marked invalid) to fill a shortfall, so every rank steps the same count.
+- :func:`pad_to`: fills a batch that came short (a corrupt sample, a rank one sample short) to the clip
+  count every rank delivers, repeating clips marked invalid, one batch at a time.
+- :func:`rebatch`: merges the workers' batches into batches of ``batch_size`` (shard sets without
+  counts, whose batches cannot be planned), optionally to an exact clip quota.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class LoaderStats:
     """Clips repeated (``valid=False``) to fill the rank's quota."""
     skipped: int = 0
     """Corrupt samples skipped."""
+    decoded: int = 0
+    """Samples decoded (each once, for all its clips)."""
     skipped_keys: list[tuple[str, str]] = field(default_factory=list)
     """(key or shard, reason) of the first skipped samples."""
 
@@ -83,6 +87,22 @@ def _repeats(recent: dict[str, Any], count: int) -> dict[str, Any]:
     idx = torch.arange(count) % len(recent["key"])
     return {"video": recent["video"][idx], "label": recent["label"][idx],
             "key": [recent["key"][i] for i in idx.tolist()], "valid": torch.zeros(count, dtype=torch.bool)}
+
+
+def pad_to(piece: dict[str, Any], target: int, recent: dict[str, Any] | None,
+           stats: LoaderStats) -> dict[str, Any]:
+    """``piece`` filled up to ``target`` clips by repeating its own clips (or, when it has none, those of
+    ``recent``, the batch before), marked invalid: one batch at a time, never more than it needs."""
+    have = len(piece["key"])
+    if have >= target:
+        return piece
+    pool = piece if have else recent
+    if pool is None or not len(pool["key"]):
+        raise RuntimeError("no clip could be decoded on this rank: every sample so far failed "
+                           f"({stats.skipped} skipped, first: {stats.skipped_keys[:3]})")
+    stats.padded += target - have
+    fill = _repeats(pool, target - have)
+    return _cat([piece, fill]) if have else fill
 
 
 def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None, drop_last: bool,

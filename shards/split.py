@@ -188,6 +188,21 @@ def slot_rest(part: list[Span], block: int, key: str, consumed: int) -> list[Spa
     return left + [s for later in parts[done + 1:] for s in later]
 
 
+def slot_blocks(part: list[Span], block: int, key: str, consumed: int = 0
+                ) -> Iterator[tuple[list[Span], list[Position]]]:
+    """What a slot reads and hands out after its first ``consumed`` samples, block by block: the spans
+    to read (in reading order) and the order to hand their samples out in. Concatenated, the orders are
+    ``slot_order(part, block, key)[consumed:]``; consumed samples are in no span."""
+    done, partial = divmod(consumed, block)
+    for b, spans in enumerate(blocks(part, block)[done:], start=done):
+        order = block_order(spans, f"{key}-{b}", block > 1)
+        if b == done and partial:
+            order = order[partial:]
+            keep = set(order)
+            spans = merge([p for p in positions(spans) if p in keep])
+        yield spans, order
+
+
 def _tail(part: list[Span], used: int) -> list[Span]:
     """The samples of ``part`` after its first ``used`` (a rank's ``drop_last`` leftovers)."""
     return cut(part, [used, size(part) - used])[1]

@@ -142,7 +142,8 @@ def test_encode_sweep_arithmetic_and_choice() -> None:
                 row("slow", 900, 0.9920, [150.0, 150.0, 100.0])]      # ratios 1.5, 3.0, 1.25: median 1.5
     res = summarize(measured, baseline="base")
     by = {r["label"]: r for r in res["rows"]}
-    assert by["fast"]["decode_ratio"] == pytest.approx(2.1) and by["fast"]["bytes_ratio"] == pytest.approx(1.08)
+    assert by["fast"]["decode_ratio"] == pytest.approx(2.1)
+    assert by["fast"]["bytes_ratio"] == pytest.approx(1.08)
     assert by["slow"]["decode_ratio"] == pytest.approx(1.5)  # the median of per-repeat ratios
     assert [r["label"] for r in res["rows"] if r["qualifies"]] == ["fast21", "fast20"]
     assert res["chosen"] == "fast21"

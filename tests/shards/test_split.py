@@ -154,3 +154,18 @@ def test_equal_batches_per_rank_with_uneven_shards() -> None:
     n = batches_per_epoch(sum(counts), 2, clips_per_sample=2, batch_size=4, drop_last=True)
     assert n == (26 * 2) // 4
     assert batches_per_epoch(sum(counts), 2, 2, 4, drop_last=False) == 13
+
+
+def test_slot_blocks_continue_the_slot_order_without_the_consumed_samples() -> None:
+    from vidshard.shards.split import slot_blocks, slot_rest
+
+    part = [Span(3, 2, 12), Span(1, 0, 9), Span(7, 0, 6)]  # 25 samples
+    full = list(slot_order(part, 8, "k"))
+    for consumed_n in (0, 3, 8, 13, 24, 25):
+        got = list(slot_blocks(part, 8, "k", consumed_n))
+        assert [p for _, order in got for p in order] == full[consumed_n:]
+        read = [p for spans, _ in got for p in positions(spans)]
+        assert sorted(read) == sorted(full[consumed_n:])  # nothing consumed is read again
+        assert sorted(positions(slot_rest(part, 8, "k", consumed_n))) == sorted(full[consumed_n:])
+        for spans, order in got:
+            assert sorted(positions(spans)) == sorted(order)
