@@ -38,6 +38,7 @@ unreadable shard) is skipped, logged, and counted in ``loader.stats``; it never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -48,6 +49,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from . import cache
 from .batches import SLOTS, LoaderStats, copy_out, pad_to, rebatch
 from .decode import INTERPOLATIONS
 from .location import ShardSource, resolve
@@ -67,6 +69,7 @@ from .stream import Start, Stream
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+MIN_SAMPLE_BYTES = 1024  # one tar header block and one data block: no sample in a shard is smaller
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +120,9 @@ class LoaderConfig:
     """swscale filter for the fused crop and resize: bilinear, area, bicubic or fast_bilinear."""
     cache_dir: str | None = None
     """Cache http(s) shards here (downloaded once, sha256-checked); None streams them."""
+    timeout_s: float = cache.RetryPolicy.timeout_s
+    """http(s) sources: seconds a connection or a read may stall; a shard's whole transfer must end within
+    timeout_s + its bytes / 256 KiB/s (a stalled or dripping server fails instead of hanging)."""
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -131,6 +137,8 @@ class LoaderConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if min(self.workers, self.shuffle_buffer, self.decoder_threads or 0) < 0:
             raise ValueError("workers, shuffle_buffer and decoder_threads must be >= 0")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.batch_size % self.clips_per_batch_sample:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of clips_per_sample "
                              f"({self.clips_per_sample}): the clips of a sample go into one batch")
@@ -161,6 +169,21 @@ class LoaderConfig:
                         scale=tuple(self.scale), ratio=tuple(self.ratio), flip=self.flip,
                         temporal_views=self.temporal_views, spatial_views=self.spatial_views,
                         clips_per_sample=self.clips_per_sample if self.train else 1, short=self.short)
+
+
+def check_claims(source: ShardSource) -> None:
+    """Refuse a manifest that claims more samples than a shard's bytes can hold (``MIN_SAMPLE_BYTES``
+    each), checked against the manifest's byte count and, for a local shard, the bytes on disk: the
+    batch count of an epoch and its padding grow with the claim."""
+    for url, info in zip(source.urls, source.infos or [], strict=False):
+        present = info.bytes
+        if "://" not in url and not url.startswith("pipe:"):  # a local shard: the bytes really there
+            with contextlib.suppress(OSError):  # a missing shard is reported when it is read
+                present = min(present, os.path.getsize(url))
+        if info.samples > present // MIN_SAMPLE_BYTES:
+            raise ValueError(f"{source.base}: manifest entry {info.name} claims {info.samples} samples in "
+                             f"{present} bytes, more than {present // MIN_SAMPLE_BYTES} can fit; the "
+                             "manifest or the shard is damaged (run `vidshard verify` on the set)")
 
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -210,7 +233,9 @@ class ClipLoader:
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} not in [0, {self.world_size})")
-        self.source = resolve(cfg.source, cfg.cache_dir)
+        policy = replace(cache.DEFAULT_POLICY, timeout_s=cfg.timeout_s)
+        self.source = resolve(cfg.source, cfg.cache_dir, policy=policy)
+        check_claims(self.source)
         self.stats = LoaderStats()
         self.epoch = 0
         self._history: tuple[Layout, ...] = ()  # segments of this epoch read before the current one
@@ -334,6 +359,11 @@ class ClipLoader:
                 recent, self._step = batch, j + 1
                 yield batch
             finished = True
+            if batches and not self.stats.valid:
+                st = self.stats
+                raise RuntimeError(f"no clip could be decoded on rank {self.rank} in this epoch: every "
+                                   f"sample failed ({st.skipped} skipped, {st.missing} missing, "
+                                   f"first: {(st.skipped_keys + st.shortfalls)[:3]})")
         finally:
             if finished:
                 self._done = True
@@ -345,12 +375,14 @@ class ClipLoader:
 
     def _deliver(self, piece: dict[str, Any], target: int, recent: dict[str, Any] | None) -> dict[str, Any]:
         self.stats.add_skipped(piece.pop("skipped", []))
+        self.stats.add_missing(piece.pop("missing", []))
         self.stats.decoded += piece.pop("decoded", 0)
         for k in ("epoch", "index", "target"):
             piece.pop(k, None)
         batch = pad_to(piece, target, recent, self.stats)
         self.stats.batches += 1
         self.stats.clips += len(batch["key"])
+        self.stats.valid += int(batch["valid"].sum())
         if torch.cuda.is_available() and not batch["video"].is_pinned():
             batch["video"] = batch["video"].pin_memory()
         return batch
@@ -403,6 +435,10 @@ class ClipLoader:
         if self.stats.skipped:
             log.warning("epoch %d, rank %d: skipped %d corrupt samples (first: %s)", self.epoch, self.rank,
                         self.stats.skipped, self.stats.skipped_keys[:3])
+        if self.stats.missing:
+            log.warning("epoch %d, rank %d: %d samples the manifest lists were not read (%s); "
+                        "run `vidshard verify` on the set", self.epoch, self.rank, self.stats.missing,
+                        self.stats.shortfalls[:3])
 
 
 def _count_decoded(pieces: Iterator[dict[str, Any]], stats: LoaderStats) -> Iterator[dict[str, Any]]:

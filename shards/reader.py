@@ -14,29 +14,26 @@ regular file, or a shard with fewer samples than the manifest lists make the aff
 
 from __future__ import annotations
 
-import os
 import re
 import tarfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from .split import Position, Span
+from .tarsamples import member_problem
 
 _NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key / extension split
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own entries, never sample members
 
 
 class _Cursor:
     """One open shard, positioned after the last sample taken."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        if os.path.isfile(url):  # seekable: passing a member over reads only its header
-            self.tar = tarfile.open(url, mode="r:")  # noqa: SIM115 (held open across blocks)
-        else:
-            import webdataset as wds
-
-            self.stream = wds.gopen(url, "rb")  # noqa: SIM115 (held open across blocks)
-            self.tar = tarfile.open(fileobj=self.stream, mode="r|")  # noqa: SIM115
+    def __init__(self, stream: BinaryIO, url: str) -> None:
+        self.url, self.stream = url, stream
+        seekable = getattr(stream, "seekable", lambda: False)()
+        # Seekable (a local or cached shard): passing a member over reads only its header.
+        self.tar = tarfile.open(fileobj=stream, mode="r:" if seekable else "r|")  # noqa: SIM115
         self.index, self.key, self.taken = -1, None, -1
         self.peeked: tuple[tarfile.TarInfo, str, str, int] | None = None
         self.done = False
@@ -48,7 +45,7 @@ class _Cursor:
                 self.done = True
                 break
             m = _NAME.match(member.name)
-            if m is None:
+            if m is None or _META.match(member.name):
                 continue
             if m[1] != self.key:
                 self.key, self.index = m[1], self.index + 1
@@ -65,28 +62,35 @@ class _Cursor:
             if i < index:
                 continue  # another reader's (or an already consumed) sample: header only
             sample = sample or {"__key__": key, "__url__": self.url}
-            if not member.isfile():
-                sample["__bad__"] = f"member {member.name} is not a regular file"
+            problem = member_problem(member.name, ext, member.size)
+            if not member.isreg():
+                problem = f"{member.name}: not a regular file; not read"
+            elif problem is None and ext in sample:
+                problem = f"{member.name}: a second .{ext} member in one sample"
+            if problem is not None:
+                sample.setdefault("__error__", problem)
             else:
                 sample[ext] = self.tar.extractfile(member).read()
+            self.tar.members = []  # as webdataset: keep no list of every header of a long shard
         if sample is None:
             return f"the shard ends after {self.index + 1} samples"
         return sample
 
     def close(self) -> None:
         self.tar.close()
-        if hasattr(self, "stream"):
-            self.stream.close()
+        self.stream.close()
 
 
 class ShardReader:
-    """Samples by position from shards opened with ``open_url`` (the shard set's one door to bytes)."""
+    """Samples by position from shards opened with ``open`` (``ShardSource.open``: the shard set's one
+    door to bytes, http capped at the manifest's size and with a deadline)."""
 
-    def __init__(self, open_url: Callable[[int], str], name: Callable[[int], str]) -> None:
-        self.open_url, self.name = open_url, name
+    def __init__(self, open: Callable[[int], BinaryIO], url: Callable[[int], str]) -> None:
+        self.open, self.url = open, url
         self.cursor: _Cursor | None = None
         self.shard: int | None = None
         self.broken: dict[int, str] = {}  # shard -> why it cannot be read (this pass)
+        self.problems: list[tuple[str, str]] = []  # (shard url, why) not yet reported
 
     def _cursor(self, shard: int, start: int) -> _Cursor | None:
         if shard in self.broken:
@@ -94,9 +98,9 @@ class ShardReader:
         if self.shard != shard or self.cursor is None or self.cursor.taken >= start:
             self.close()
             try:
-                self.cursor, self.shard = _Cursor(self.open_url(shard)), shard
+                self.cursor, self.shard = _Cursor(self.open(shard), self.url(shard)), shard
             except Exception as exn:  # unreachable, unverifiable, not a tar: its samples are missing
-                self.broken[shard] = f"{type(exn).__name__}: {exn}"[:300]
+                self._broke(shard, exn)
                 return None
         return self.cursor
 
@@ -112,23 +116,28 @@ class ShardReader:
                 try:
                     out[span.shard, i] = cursor.take(i)
                 except Exception as exn:  # a shard that breaks off mid-way: the rest of it is missing
-                    self.broken[span.shard] = f"{type(exn).__name__}: {exn}"[:300]
+                    self._broke(span.shard, exn)
                     self.close()
                     cursor = None
                     out[span.shard, i] = self.broken[span.shard]
         return out
+
+    def _broke(self, shard: int, exn: Exception) -> None:
+        self.broken[shard] = f"{type(exn).__name__}: {exn}"[:300]
+        self.problems.append((self.url(shard).rsplit("/", 1)[-1], self.broken[shard]))
 
     def read_all(self, shard: int) -> list[dict[str, Any] | str]:
         """Every sample of a shard of unknown count (a ``pipe:`` or pattern without manifest)."""
         self.close()
         out: list[dict[str, Any] | str] = []
         try:
-            cursor = _Cursor(self.open_url(shard))
+            cursor = _Cursor(self.open(shard), self.url(shard))
             while cursor._peek() is not None:
                 out.append(cursor.take(cursor.peeked[3]))
             cursor.close()
         except Exception as exn:
-            out.append(f"{type(exn).__name__}: {exn}"[:300])
+            self._broke(shard, exn)
+            out.append(self.broken[shard])
         return out
 
     def close(self) -> None:

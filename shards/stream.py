@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
+UNLABELED = -1  # the label of a sample without one
+MAX_LABEL = 2**31 - 1  # bound on a label when the manifest names no classes
 
 
 @dataclass(frozen=True)
@@ -96,21 +98,34 @@ def plan_epoch(counts: list[int], *, seed: int, epoch: int, shuffle: bool, drop_
                      key=f"{segment_key(seed, epoch, len(history))}-{rank}")
 
 
-def read_label(sample: dict[str, Any]) -> int:
-    """``KEY.cls`` as int, else the ``label`` of ``KEY.json``, else -1."""
+def read_label(sample: dict[str, Any], num_classes: int | None = None) -> int:
+    """``KEY.cls`` as int, else the ``label`` of ``KEY.json``, else -1 (unlabeled).
+
+    Raises ``ValueError`` for a label that is not a class: below -1, at or above ``num_classes`` (the
+    manifest's classes; ``None`` when it names none, then above ``MAX_LABEL``), or not an integer.
+    """
+    label: Any = UNLABELED
     if "cls" in sample:
-        return int(bytes(sample["cls"]).decode("ascii").strip())
-    if "json" in sample:
-        label = json.loads(sample["json"]).get("label")
-        return -1 if label is None else int(label)
-    return -1
+        label = int(bytes(sample["cls"]).decode("ascii").strip())
+    elif "json" in sample:
+        meta = json.loads(sample["json"])
+        label = meta.get("label", UNLABELED) if isinstance(meta, dict) else UNLABELED
+        label = UNLABELED if label is None else label
+    if type(label) is not int:
+        raise ValueError(f"label {label!r} is not an integer")
+    top = MAX_LABEL if num_classes is None else num_classes - 1
+    if label != UNLABELED and not 0 <= label <= top:
+        named = "" if num_classes is None else f" of the manifest's {num_classes} classes"
+        raise ValueError(f"label {label} is not one{named} (0..{top}, or {UNLABELED} for none)")
+    return label
 
 
 class Report:
-    """Samples a worker skipped (and samples it decoded) since its last batch."""
+    """Samples a worker skipped, found missing, and decoded since its last batch."""
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+        self.missing: list[tuple[str, int, str]] = []  # (shard, samples it fell short by, why)
         self.decoded = 0
 
     def skip(self, what: str, why: str) -> None:
@@ -118,8 +133,8 @@ class Report:
         self.items.append((what, why[:300]))
 
     def drain(self) -> dict[str, Any]:
-        out = {"skipped": self.items, "decoded": self.decoded}
-        self.items, self.decoded = [], 0
+        out = {"skipped": self.items, "missing": self.missing, "decoded": self.decoded}
+        self.items, self.missing, self.decoded = [], [], 0
         return out
 
 
@@ -139,7 +154,7 @@ class Stream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        reader = ShardReader(self.source.open_url, self._name)
+        reader = ShardReader(self.source.open, lambda i: self.source.urls[i])
         if self.source.counts is None:
             return self._unsized(worker, workers, reader)
         return self._epochs(worker, workers, reader)
@@ -174,6 +189,8 @@ class Stream(IterableDataset):
         block = self.cfg.layout(self.world, workers).block
         for spans, order in slot_blocks(plan.slots[slot], block, f"{plan.key}-{slot}", consumed):
             got = reader.read(spans)
+            report.items += reader.problems  # a shard that would not open or broke off, once
+            reader.problems.clear()
             for pos in order:
                 yield pos, got[pos]
 
@@ -182,11 +199,12 @@ class Stream(IterableDataset):
         """Each sample decoded once into its clips; a missing or corrupt one is reported and left out."""
         clips = []
         for (shard, index), sample in picked:
-            if isinstance(sample, str):
-                report.skip(f"{self._name(shard)} sample {index}", f"missing: {sample}")
+            if isinstance(sample, str):  # listed by the manifest, not in the shard (or unreadable)
+                log.warning("shard %s: sample %d not read: %s", self._name(shard), index, sample)
+                report.missing.append((self._name(shard), 1, f"sample {index} not read: {sample}"))
                 continue
             rng = random.Random(f"vidshard-clips-{self.cfg.seed}-{epoch}-{shard}-{index}")
-            clips += decode_sample(sample, self.cfg, rng, report)
+            clips += decode_sample(sample, self.cfg, rng, report, self.source.classes)
         return clips
 
     def _unsized(self, worker: int, workers: int, reader: ShardReader) -> Iterator[dict[str, Any]]:
@@ -210,27 +228,30 @@ class Stream(IterableDataset):
 
         blocks_done = 0
         for span in shards:
-            for index, sample in enumerate(reader.read_all(span.shard)):
+            samples = reader.read_all(span.shard)
+            report.items += reader.problems
+            reader.problems.clear()
+            for index, sample in enumerate(samples):
                 buffer.append(((span.shard, index), sample))
                 if len(buffer) >= block:
                     yield from flush_block(blocks_done)
                     blocks_done += 1
         yield from flush_block(blocks_done)
-        if pending or report.items:
+        if pending or report.items or report.missing:
             yield (collate(pending, cfg, ring) if pending else {}) | report.drain()
 
 
-def decode_sample(sample: dict[str, Any], cfg: LoaderConfig, rng: random.Random,
-                  report: Report) -> list[dict[str, Any]]:
+def decode_sample(sample: dict[str, Any], cfg: LoaderConfig, rng: random.Random, report: Report,
+                  classes: list[str] | None = None) -> list[dict[str, Any]]:
     """One sample's clips (frames not yet converted); a sample that fails is reported and gives none."""
     key = sample.get("__key__", "?")
     try:
-        if "__bad__" in sample:
-            raise ValueError(sample["__bad__"])
+        if "__error__" in sample:
+            raise ValueError(sample["__error__"])
         ext = next((e for e in VIDEO_EXTS if e in sample), None)
         if ext is None:
             raise ValueError(f"no video member (one of {VIDEO_EXTS})")
-        label = read_label(sample)
+        label = read_label(sample, None if classes is None else len(classes))
         spec = cfg.clip_spec()
         clips = decode_views(sample[ext], lambda n, w, h: plan_sample(n, w, h, spec, rng), cfg.threads())
     except Exception as exn:  # any failure of one sample must not end the epoch
