@@ -135,3 +135,37 @@ def test_leaving_an_epoch_early_stops_its_workers_and_the_next_epoch_is_whole(sh
     loader.set_epoch(1)
     assert _valid(list(loader)) == ALL
     loader.close()
+
+
+def test_reader_passes_over_other_samples_without_reading_their_bytes(tmp_path: Path,
+                                                                     counter_mp4: bytes) -> None:
+    import io
+
+    from vidshard.shards.location import resolve
+    from vidshard.shards.reader import ShardReader
+    from vidshard.shards.split import Span
+
+    big = counter_mp4 + bytes(300_000)  # the reader never decodes: only the size matters here
+    build_shard_set(tmp_path, [6], [big] * 5 + [counter_mp4])
+    url = resolve(tmp_path).urls[0]
+    read = []
+
+    class Counting(io.FileIO):
+        def read(self, n: int = -1) -> bytes:
+            data = super().read(n)
+            read.append(len(data))
+            return data
+
+        def readinto(self, b) -> int:
+            n = super().readinto(b)
+            read.append(n or 0)
+            return n
+
+    reader = ShardReader(lambda i: Counting(url), lambda i: url)
+    got = reader.read([Span(0, 5, 6)])
+    reader.close()
+    assert got[0, 5]["mp4"] == counter_mp4 and got[0, 5]["__key__"].endswith("_00000")
+    assert Path(url).stat().st_size > 1_500_000
+    assert sum(read) < 64_000  # five earlier samples (1.5 MB) passed over by their tar headers
+    missing = ShardReader(lambda i: Counting(url), lambda i: url).read([Span(0, 6, 8)])
+    assert all("ends after 6 samples" in why for why in missing.values())
