@@ -51,10 +51,10 @@ class PreprocessConfig:
     """A keyframe every this many frames (a random clip start decodes at most this many extra frames)."""
     preset: str = "veryfast"
     """x264 speed preset."""
-    tune: str | None = "fastdecode"
-    """x264 tune; ``fastdecode`` (no CABAC, no deblocking) makes clips decode about twice as fast for a
-    few percent more bytes (chosen by ``vidshard bench preprocess --encode-sweep``, see
-    docs/performance.md); ``None``: no tune (what shard sets made before this option used)."""
+    tune: str | None = None
+    """x264 tune, e.g. ``fastdecode`` (no CABAC, no deblocking: clips decode ~1.55x faster in the loader
+    for 1.26x the bytes at crf 22). ``None`` (default): no tune; measured here, no candidate reached the
+    bar a new default must meet (docs/performance.md, ``vidshard bench preprocess --encode-sweep``)."""
     keep_audio: bool = False
     """Keep the first audio track (AAC); dropped by default."""
     labels_from_dirs: bool = False

@@ -107,19 +107,20 @@ def test_manifest_records_tune_and_an_old_manifest_without_it_means_no_tune(tmp_
                                                                              make_video) -> None:
     make_video("in/a.mp4", seconds=1.0)
     out = tmp_path / "out"
-    res = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST])
+    res = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST, "--tune", "fastdecode"])
     assert res.exit_code == 0, res.output
-    assert Manifest.load(out).settings["tune"] == "fastdecode"  # the default
+    assert Manifest.load(out).settings["tune"] == "fastdecode"
     # A set made before --tune existed: its manifest has no "tune", and it was encoded without one.
     raw = json.loads((out / "manifest.json").read_text())
     del raw["settings"]["tune"]
     (out / "manifest.json").write_text(json.dumps(raw))
     make_video("in/b.mp4", seconds=1.0)
-    mixed = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST])
+    mixed = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST, "--tune", "fastdecode"])
     assert mixed.exit_code == 2 and "tune None -> 'fastdecode'" in mixed.output
-    same = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST, "--tune", "none"])
+    same = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST])  # the default: none
     assert same.exit_code == 0, same.output
-    assert Manifest.load(out).totals["videos"] == 2
+    m = Manifest.load(out)
+    assert m.totals["videos"] == 2 and m.settings["tune"] is None
 
 
 def test_encode_sweep_arithmetic_and_choice() -> None:
