@@ -161,6 +161,7 @@ def train_cmd(
     keep_checkpoints: int = typer.Option(None, help=_tr_help("keep_checkpoints")),
     stop_after: int = typer.Option(None, help=_tr_help("stop_after")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir")),
+    timeout: float = typer.Option(None, help=_tr_help("timeout")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a video ViT on a shard set (supervised from its labels, or MAE pretraining).
@@ -197,6 +198,7 @@ def eval_cmd(
     device: str = typer.Option(None, help=_tr_help("device", "EvalConfig")),
     threads: int = typer.Option(None, help=_tr_help("threads", "EvalConfig")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir", "EvalConfig")),
+    timeout: float = typer.Option(None, help=_tr_help("timeout", "EvalConfig")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Top-1 / top-5 and per-class accuracy of a checkpoint, scores averaged over several views."""
@@ -205,7 +207,7 @@ def eval_cmd(
 
     options = dict(data=shardset, checkpoint=checkpoint, out=out, temporal_views=temporal_views,
                    spatial_views=spatial_views, batch_size=batch_size, workers=workers, device=device,
-                   threads=threads, cache_dir=cache_dir, progress=False if quiet else None)
+                   threads=threads, cache_dir=cache_dir, timeout=timeout, progress=False if quiet else None)
     result = _tr_run(evaluate, _tr_run(build_config, EvalConfig, None, options))
     print_table(result)
     typer.echo(f"top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%}; wrote {result['out']}")
@@ -251,7 +253,7 @@ def verify_cmd(
         typer.echo(f"warning: {line}", err=True)
     for line in result.problems:
         typer.echo(f"problem: {line}", err=True)
-    for status in ("missing", "corrupt"):
+    for status in ("missing", "corrupt", "refused"):
         names = [c.name for c in result.bad if c.status == status]
         if names:
             typer.echo(f"{status}: {' '.join(names)}", err=True)
@@ -270,6 +272,10 @@ def serve_cmd(
                              "machine only)."),
     port: int = typer.Option(_sh_default("serve", "ServeConfig", "port"),
                              help="TCP port; 0 picks a free one."),
+    max_connections: int = typer.Option(_sh_default("serve", "ServeConfig", "max_connections"),
+                                        help="Connections served at once; more get 503 (clients retry)."),
+    idle_timeout: float = typer.Option(_sh_default("serve", "ServeConfig", "idle_timeout"),
+                                       help="Seconds before a silent connection is closed."),
 ) -> None:
     """Serve a shard set read-only over HTTP to other machines.
 
@@ -279,7 +285,8 @@ def serve_cmd(
     from vidshard.shards.serve import ServeConfig, serve
 
     try:
-        cfg = ServeConfig(shardset=shardset, host=host, port=port)
+        cfg = ServeConfig(shardset=shardset, host=host, port=port, max_connections=max_connections,
+                          idle_timeout=idle_timeout)
         serve(cfg)
     except (OSError, ValueError) as e:
         raise _sh_fail(e) from None

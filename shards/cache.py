@@ -41,13 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from .schema import ShardInfo, fsync_dir
+from .schema import MANIFEST_MAX_BYTES, ShardInfo, fsync_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHUNK = 1 << 20  # bytes per read while downloading and hashing
-MAX_SMALL_FILE = 64 << 20  # manifest.json, failures.jsonl: a 100,000-shard manifest is ~15 MB
+MAX_SMALL_FILE = MANIFEST_MAX_BYTES  # manifest.json, failures.jsonl: fetched whole, so capped
 
 # Errors worth another attempt: the network, not the request, went wrong.
 _TRANSIENT = (ConnectionError, TimeoutError, http.client.HTTPException, urllib.error.URLError, OSError)
@@ -176,14 +176,12 @@ def _locked(final: Path) -> Iterator[None]:
 
 def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPolicy) -> None:
     tmp = final.with_name(f".{final.name}.part")
-    if _complete_part(tmp, info):
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-        return
     problem = ""
     for attempt in range(1, policy.attempts + 1):
         try:
-            size, digest = _download(url, tmp, info, policy)
+            # A whole .part (left by a kill, or by an attempt that stalled after the last byte) needs no
+            # request: a Range past its end would only get HTTP 416.
+            size, digest = _complete_part(tmp, info) or _download(url, tmp, info, policy)
             problem = mismatch(size, digest, info) or ""
             if not problem:
                 os.replace(tmp, final)
@@ -204,17 +202,17 @@ def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPoli
     raise FetchError(f"{url} ({info.name}): gave up after {policy.attempts} attempts; last: {problem}")
 
 
-def _complete_part(tmp: Path, info: ShardInfo) -> bool:
-    """True when a ``.part`` left by a kill already is the whole, right shard (no request needed: a Range
-    past its end would get HTTP 416). A full-size one with the wrong hash, or a longer one, is deleted."""
+def _complete_part(tmp: Path, info: ShardInfo) -> tuple[int, str] | None:
+    """Size and SHA-256 of ``tmp`` when it already is the whole, right shard, else ``None``; a full-size
+    one with the wrong hash, or a longer one, is deleted (the next request starts from byte 0)."""
     if not tmp.exists() or tmp.stat().st_size < info.bytes:
-        return False  # absent, or a prefix that the next request resumes
+        return None  # absent, or a prefix that the next request resumes
     problem = check_file(tmp, info)
     if problem is None:
-        return True
+        return info.bytes, info.sha256.lower()
     log.warning("%s: leftover partial download is unusable (%s); fetching it again", tmp, problem)
     tmp.unlink()
-    return False
+    return None
 
 
 class TooLarge(FetchError):

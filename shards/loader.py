@@ -54,6 +54,7 @@ from .batches import SLOTS, LoaderStats, copy_out, pad_to, rebatch
 from .decode import INTERPOLATIONS
 from .location import ShardSource, resolve
 from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec
+from .schema import ManifestError
 from .split import (
     Layout,
     batch_sizes,
@@ -65,11 +66,12 @@ from .split import (
     size,
 )
 from .stream import Start, Stream
+from .stream import read_label as read_label  # re-exported: the label rule belongs to the loader's API
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-MIN_SAMPLE_BYTES = 1024  # one tar header block and one data block: no sample in a shard is smaller
+MIN_SAMPLE_BYTES = 512  # one tar header: no sample is smaller (the bound schema.check_shard_entry uses)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,9 +183,9 @@ def check_claims(source: ShardSource) -> None:
             with contextlib.suppress(OSError):  # a missing shard is reported when it is read
                 present = min(present, os.path.getsize(url))
         if info.samples > present // MIN_SAMPLE_BYTES:
-            raise ValueError(f"{source.base}: manifest entry {info.name} claims {info.samples} samples in "
-                             f"{present} bytes, more than {present // MIN_SAMPLE_BYTES} can fit; the "
-                             "manifest or the shard is damaged (run `vidshard verify` on the set)")
+            raise ManifestError(f"{source.base}: manifest entry {info.name} claims {info.samples} samples "
+                                f"in {present} bytes, more than {present // MIN_SAMPLE_BYTES} can fit; the "
+                                "manifest or the shard is damaged (run `vidshard verify` on the set)")
 
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:

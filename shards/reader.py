@@ -45,7 +45,7 @@ class _Cursor:
                 self.done = True
                 break
             m = _NAME.match(member.name)
-            if m is None or _META.match(member.name):
+            if m is None or member.isdir() or _META.match(member.name):
                 continue
             if m[1] != self.key:
                 self.key, self.index = m[1], self.index + 1
@@ -62,10 +62,8 @@ class _Cursor:
             if i < index:
                 continue  # another reader's (or an already consumed) sample: header only
             sample = sample or {"__key__": key, "__url__": self.url}
-            problem = member_problem(member.name, ext, member.size)
-            if not member.isreg():
-                problem = f"{member.name}: not a regular file; not read"
-            elif problem is None and ext in sample:
+            problem = member_problem(member)  # over its size cap, or a link or device: not read
+            if problem is None and ext in sample:
                 problem = f"{member.name}: a second .{ext} member in one sample"
             if problem is not None:
                 sample.setdefault("__error__", problem)

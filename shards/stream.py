@@ -197,14 +197,17 @@ class Stream(IterableDataset):
     def _decode(self, picked: list[tuple[Position, dict[str, Any] | str]], epoch: int,
                 report: Report) -> list[dict[str, Any]]:
         """Each sample decoded once into its clips; a missing or corrupt one is reported and left out."""
-        clips = []
+        clips, missing = [], {}
         for (shard, index), sample in picked:
             if isinstance(sample, str):  # listed by the manifest, not in the shard (or unreadable)
-                log.warning("shard %s: sample %d not read: %s", self._name(shard), index, sample)
-                report.missing.append((self._name(shard), 1, f"sample {index} not read: {sample}"))
+                missing.setdefault((shard, sample), []).append(index)
                 continue
             rng = random.Random(f"vidshard-clips-{self.cfg.seed}-{epoch}-{shard}-{index}")
             clips += decode_sample(sample, self.cfg, rng, report, self.source.classes)
+        for (shard, why), indices in missing.items():  # one line per shard and batch
+            text = f"{len(indices)} of its samples ({', '.join(map(str, sorted(indices)))}) not read: {why}"
+            log.warning("shard %s: %s", self._name(shard), text)
+            report.missing.append((self._name(shard), len(indices), text))
         return clips
 
     def _unsized(self, worker: int, workers: int, reader: ShardReader) -> Iterator[dict[str, Any]]:

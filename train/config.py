@@ -85,6 +85,9 @@ class TrainConfig:
     """Data-loading worker processes per training process (0 = in the main process)."""
     cache_dir: str | None = None
     """Where shards from an ``http(s)://`` shard set are cached."""
+    timeout: float = 60.0
+    """http(s) shard sets: seconds a connection or read may stall; a shard's whole transfer must end
+    within this plus its size at 256 KiB/s (a hung or dripping server fails, it never waits forever)."""
     seed: int = 0
     """Seed of the model init, data order, crops and masks."""
     device: str = "auto"
@@ -179,6 +182,9 @@ class EvalConfig:
     """Data-loading worker processes."""
     cache_dir: str | None = None
     """Where shards from an ``http(s)://`` shard set are cached."""
+    timeout: float = 60.0
+    """http(s) shard sets: seconds a connection or read may stall; a shard's whole transfer must end
+    within this plus its size at 256 KiB/s (a hung or dripping server fails, it never waits forever)."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     threads: int = 0

@@ -32,16 +32,18 @@ def train_loader(cfg: TrainConfig, rank: int, world_size: int) -> ClipLoader:
     lc = LoaderConfig(source=cfg.data, frames=cfg.frames, stride=cfg.stride, size=cfg.size, train=True,
                       scale=tuple(cfg.crop_scale), flip=cfg.flip, batch_size=cfg.batch_size,
                       workers=cfg.workers, seed=cfg.seed,
-                      clips_per_sample=cfg.clips_per_sample, cache_dir=cfg.cache_dir)
+                      clips_per_sample=cfg.clips_per_sample, cache_dir=cfg.cache_dir, timeout_s=cfg.timeout)
     return ClipLoader(lc, rank=rank, world_size=world_size)
 
 
 def eval_loader(source: str, *, frames: int, stride: int, size: int, batch_size: int, workers: int,
-                temporal_views: int = 1, spatial_views: int = 1, cache_dir: str | None = None) -> ClipLoader:
+                temporal_views: int = 1, spatial_views: int = 1, cache_dir: str | None = None,
+                timeout_s: float = LoaderConfig.timeout_s) -> ClipLoader:
     """A deterministic pass over ``source`` (centre/evenly spread crops), every sample once."""
     lc = LoaderConfig(source=source, frames=frames, stride=stride, size=size, train=False,
                       batch_size=batch_size, workers=workers, drop_last=False,
-                      temporal_views=temporal_views, spatial_views=spatial_views, cache_dir=cache_dir)
+                      temporal_views=temporal_views, spatial_views=spatial_views, cache_dir=cache_dir,
+                      timeout_s=timeout_s)
     return ClipLoader(lc, rank=0, world_size=1)
 
 
@@ -50,11 +52,12 @@ def val_loader_for(cfg: TrainConfig) -> ClipLoader | None:
     if cfg.val_data is None:
         return None
     return eval_loader(cfg.val_data, frames=cfg.frames, stride=cfg.stride, size=cfg.size,
-                       batch_size=cfg.batch_size, workers=cfg.workers, cache_dir=cfg.cache_dir)
+                       batch_size=cfg.batch_size, workers=cfg.workers, cache_dir=cfg.cache_dir,
+                       timeout_s=cfg.timeout)
 
 
 def eval_loader_for(cfg: EvalConfig, train_cfg: TrainConfig) -> ClipLoader:
     """Multi-view evaluation with the clip settings the model was trained with."""
     return eval_loader(cfg.data, frames=train_cfg.frames, stride=train_cfg.stride, size=train_cfg.size,
                        batch_size=cfg.batch_size, workers=cfg.workers, temporal_views=cfg.temporal_views,
-                       spatial_views=cfg.spatial_views, cache_dir=cfg.cache_dir)
+                       spatial_views=cfg.spatial_views, cache_dir=cfg.cache_dir, timeout_s=cfg.timeout)

@@ -223,3 +223,17 @@ def test_streaming_without_cache_times_out_on_a_hung_server(hostile, shardset, m
     assert loader.stats.missing == stuck.samples  # the stuck shard's samples were never read
     reasons = " ".join(f"{k}: {r}" for k, r in loader.stats.skipped_keys)
     assert stuck.name in reasons and ("timed out" in reasons or "deadline" in reasons), reasons
+
+
+def test_timeout_option_reaches_every_loader(shardset):
+    from typer.testing import CliRunner
+    from vidshard.cli import app
+    from vidshard.train.config import TrainConfig
+    from vidshard.train.data import train_loader, val_loader_for
+
+    for command in ("train", "eval"):
+        text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"}).output
+        assert "--timeout" in text and "never waits forever" in " ".join(text.split()), text
+    cfg = TrainConfig(data=str(shardset), val_data=str(shardset), timeout=7.0, workers=0)
+    assert train_loader(cfg, 0, 1).source.policy.timeout_s == 7.0
+    assert val_loader_for(cfg).source.policy.timeout_s == 7.0
