@@ -458,13 +458,19 @@ def bench_model_cmd(
     steps: int = typer.Option(3, help="Timed steps per path (after one warm-up step); the median counts."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
     threads: int = typer.Option(0, help="CPU threads (0 = torch's default); 1 is steadier when shared."),
+    peak_tflops: float = typer.Option(None, help="The device's peak dense bf16 TFLOP/s for MFU "
+                                      "[dim]\\[default: looked up by GPU name][/dim]."),
+    fit: bool = typer.Option(True, "--fit/--no-fit", help="On CUDA: search the largest batch that fits, "
+                             "with and without gradient checkpointing."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
-    """Training-step time and peak memory: fused attention (flash-attn / SDPA) vs the plain reference."""
+    """Training-step time, TFLOP/s, MFU and peak memory: fused attention (flash-attn / SDPA) vs the plain
+    reference; on CUDA also the largest batch that fits."""
     from vidshard.benchmarks.model import ModelBenchConfig, print_report, run_bench
 
     cfg = _tr_run(lambda: ModelBenchConfig(model=model, frames=frames, size=size, batch_size=batch_size,
-                                           steps=steps, device=device, threads=threads))
+                                           steps=steps, device=device, threads=threads,
+                                           peak_tflops=peak_tflops, fit=fit))
     print_report(_tr_run(run_bench, cfg), json_out)
 
 

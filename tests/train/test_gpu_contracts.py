@@ -119,3 +119,24 @@ def test_steps_do_not_wait_for_the_gpu_except_to_log(motion_train: Path, tmp_pat
         loop.train(cfg)
     assert inside == [], inside[:5]
     assert {s[2] for s in counter.syncs} <= {0, 3, 6}, [s for s in counter.syncs if s[2] not in (0, 3, 6)][:5]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_the_gpu_suite_refuses_to_pass_without_a_gpu() -> None:
+    import os
+    import subprocess
+    import sys
+
+    import vidshard
+
+    root = Path(vidshard.__file__).parent
+    bin_dir = str(Path(sys.executable).parent)
+    make = subprocess.run(["make", "-s", "-o", ".venv/.installed", f"BIN={bin_dir}", "test-gpu"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert make.returncode != 0 and "no CUDA device" in make.stderr, make.stderr
+    pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu"]
+    enabled = subprocess.run(pytest_cmd, cwd=root, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "VIDSHARD_GPU_TESTS": "1"})
+    assert enabled.returncode != 0 and "no CUDA device" in enabled.stdout + enabled.stderr
+    # Without VIDSHARD_GPU_TESTS=1 the suite is not collected: were it collected, this very `make test`
+    # run would stop at tests/gpu's "no CUDA device" exit.
