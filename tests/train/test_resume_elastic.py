@@ -39,9 +39,21 @@ def test_resume_with_other_workers_trains_on_each_sample_once(motion_train: Path
     assert end["epoch"] == 1 and end["segments"] == []
 
 
-def test_resume_refuses_another_shard_set(motion_train: Path, motion_val: Path, tmp_path: Path) -> None:
-    base = dict(out=str(tmp_path / "run"), batch_size=16, steps=4, log_every=1, ckpt_every=100, workers=0,
+def test_resume_refuses_another_shard_set_and_reads_old_checkpoints(motion_train: Path, motion_val: Path,
+                                                                      tmp_path: Path) -> None:
+    import torch
+    from vidshard.train.checkpoint import save_checkpoint
+
+    base = dict(out=str(tmp_path / "run"), batch_size=16, steps=3, log_every=1, ckpt_every=100, workers=0,
                 **CLIP)
     train(TrainConfig(data=str(motion_train), stop_after=1, **base))
     with pytest.raises(ValueError, match="another shard set"):
         train(TrainConfig(data=str(motion_val), resume=True, **base))
+    # A checkpoint written before the loader kept its position: resumed at its step by arithmetic.
+    path = latest_checkpoint(tmp_path / "run")
+    old = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("loader", "format")}
+    save_checkpoint(path, old)
+    assert "loader" not in load_checkpoint(path)
+    assert train(TrainConfig(data=str(motion_train), resume=True, **base)).steps == 3
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run"))["loader"]
+    assert state["epoch"] == 0 and state["samples"] == 48
