@@ -4,9 +4,11 @@
   costs more CPU in page faults than the copy it saves); :func:`copy_out` in the main process copies each
   batch out (into pinned memory with CUDA) and frees its slot at once, so a delivered batch is never
   overwritten.
-- :func:`rebatch`: merges the workers' batches into batches of ``batch_size`` holding exactly the rank's
-  clip quota, repeating clips (marked invalid) to fill a shortfall, so every rank steps the same count.
-  The repeats are made one batch at a time: memory never grows with the size of the shortfall.
+- :func:`pad_to`: fills a batch that came short (a corrupt sample, a rank one sample short) to the clip
+  count every rank delivers, repeating clips marked invalid, one batch at a time.
+- :func:`rebatch`: merges the workers' batches into batches of ``batch_size`` (shard sets without
+  counts, whose batches cannot be planned), optionally to an exact clip quota; its repeats are made one
+  batch at a time too: memory never grows with the size of the shortfall.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class LoaderStats:
     """Clips repeated (``valid=False``) to fill the rank's quota."""
     skipped: int = 0
     """Corrupt samples skipped."""
+    decoded: int = 0
+    """Samples decoded (each once, for all its clips)."""
+    valid: int = 0
+    """Clips delivered with ``valid`` True."""
     skipped_keys: list[tuple[str, str]] = field(default_factory=list)
     """(key or shard, reason) of the first skipped samples."""
     missing: int = 0
@@ -94,6 +100,24 @@ def _repeats(recent: dict[str, Any], count: int, start: int = 0) -> dict[str, An
     idx = (torch.arange(count) + start) % len(recent["key"])
     return {"video": recent["video"][idx], "label": recent["label"][idx],
             "key": [recent["key"][i] for i in idx.tolist()], "valid": torch.zeros(count, dtype=torch.bool)}
+
+
+def pad_to(piece: dict[str, Any], target: int, recent: dict[str, Any] | None,
+           stats: LoaderStats) -> dict[str, Any]:
+    """``piece`` filled up to ``target`` clips by repeating its own clips (or, when it has none, those of
+    ``recent``, the batch before; blank clips labelled -1 when there is none yet), marked invalid: one
+    batch at a time, never more than it needs."""
+    have = len(piece["key"])
+    if have >= target:
+        return piece
+    stats.padded += target - have
+    pool = piece if have else recent
+    if pool is None or not len(pool["key"]):
+        return {"video": torch.zeros((target, *piece["video"].shape[1:]), dtype=torch.uint8),
+                "label": torch.full((target,), -1, dtype=torch.int64), "key": [""] * target,
+                "valid": torch.zeros(target, dtype=torch.bool)}
+    fill = _repeats(pool, target - have)
+    return _cat([piece, fill]) if have else fill
 
 
 def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None, drop_last: bool,
