@@ -59,6 +59,13 @@ def preprocess_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Probe inputs, show the plan, encode nothing."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar: plain log lines (for batch logs)."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input failed."),
+    split_at_scenes: bool = typer.Option(False, "--split-at-scenes", help="Snap chunk boundaries to shot "
+                                         "cuts (ffmpeg scdet) so no clip spans a cut; KEY.json gets "
+                                         "starts_at_cut."),
+    scene_threshold: float = typer.Option(_pp_default("scene_threshold"), help="scdet score (0-100) above "
+                                          "which a frame starts a new shot (--split-at-scenes)."),
+    min_shot_seconds: float = typer.Option(_pp_default("min_shot_seconds"), help="Ignore a cut this soon "
+                                           "after the previous one: a flash is not a new shot."),
 ) -> None:
     """Re-encode raw videos into short resized H.264 clips in WebDataset tar shards (+ manifest.json)."""
     from vidshard.preprocess.config import PreprocessConfig, parse_size
@@ -73,7 +80,8 @@ def preprocess_cmd(
             short_side=short_side, fps=fps or None, crf=crf, gop=gop, preset=preset, keep_audio=keep_audio,
             labels_from_dirs=labels_from_dirs, shard_size=parse_size(shard_size), prefix=prefix,
             workers=workers, part=parse_part(part) if part else None, retry_failed=retry_failed,
-            dry_run=dry_run, quiet=quiet, strict=strict)
+            dry_run=dry_run, quiet=quiet, strict=strict, split_at_scenes=split_at_scenes,
+            scene_threshold=scene_threshold, min_shot_seconds=min_shot_seconds)
         result = preprocess(cfg)
     except (ValueError, InputError, SettingsMismatch, OSError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -377,6 +385,28 @@ def bench_preprocess_cmd(
     if json_out is not None:
         atomic_write(json_out, (json.dumps(figures, indent=2) + "\n").encode())
         typer.echo(f"figures written to {json_out}")
+
+
+@bench_app.command("scenes")
+def bench_scenes_cmd(
+    videos: int = typer.Option(4, help="Generated videos, each a join of several shots at known times."),
+    shots: int = typer.Option(5, help="Shots per video."),
+    seed: int = typer.Option(0, help="Seed of the shot patterns and lengths."),
+    flicker: bool = typer.Option(False, "--flicker", help="Also use a source that flickers on every frame "
+                                 "(a test of false cuts)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Shot-cut detection (ffmpeg scdet vs PySceneDetect) on videos with known cuts, and the extra
+    cost of --split-at-scenes in a preprocessing run."""
+    import json
+
+    from vidshard.benchmarks.scenes import ScenesBenchConfig, report, run_scenes_bench
+    from vidshard.shards.schema import atomic_write
+
+    res = run_scenes_bench(ScenesBenchConfig(videos=videos, shots=shots, seed=seed, flicker=flicker))
+    typer.echo(report(res))
+    if json_out is not None:
+        atomic_write(json_out, json.dumps(res, indent=2).encode())
 
 
 @bench_app.command("loader")

@@ -70,6 +70,12 @@ class PreprocessConfig:
     """No live progress bar: plain log lines only (for batch jobs and log files)."""
     strict: bool = False
     """Exit non-zero when any input failed (by default: only when none succeeded)."""
+    split_at_scenes: bool = False
+    """Snap chunk boundaries to shot cuts (ffmpeg ``scdet``), so no sample spans a cut."""
+    scene_threshold: float = 10.0
+    """``scdet`` score (0-100) above which a frame starts a new shot."""
+    min_shot_seconds: float = 0.4
+    """A cut less than this after the previous one is ignored (a flash or strobe is not a new shot)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
@@ -96,6 +102,10 @@ class PreprocessConfig:
             raise ValueError(f"prefix {self.prefix!r} may hold only letters, digits, '_' and '-'")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
+        if not 0 < self.scene_threshold < 100:
+            raise ValueError(f"scene_threshold must be in (0, 100), got {self.scene_threshold}")
+        if self.min_shot_seconds < 0:
+            raise ValueError(f"min_shot_seconds must be >= 0, got {self.min_shot_seconds}")
         if self.part is not None and not 1 <= self.part[0] <= self.part[1]:
             raise ValueError(f"part {self.part}: expected (I, N) with 1 <= I <= N")
 
@@ -111,4 +121,7 @@ class PreprocessConfig:
             "crf": self.crf, "gop": self.gop, "preset": self.preset, "keep_audio": self.keep_audio,
             "labels_from_dirs": self.labels_from_dirs, "prefix": self.prefix,
             "part": None if self.part is None else f"{self.part[0]}/{self.part[1]}",
+            # Only when on, so sets made before the option existed still resume.
+            **({"split_at_scenes": True, "scene_threshold": self.scene_threshold,
+                "min_shot_seconds": self.min_shot_seconds} if self.split_at_scenes else {}),
         }

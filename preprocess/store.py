@@ -128,8 +128,8 @@ class OutputStore:
             return
         old = Manifest.load(path)
         self.classes = old.classes
-        diff = {k: (old.settings.get(k), v) for k, v in self.settings.items()
-                if k not in _FREE_SETTINGS and old.settings.get(k) != v}
+        diff = {k: (old.settings.get(k), self.settings.get(k)) for k in {*self.settings, *old.settings}
+                if k not in _FREE_SETTINGS and old.settings.get(k) != self.settings.get(k)}
         if diff:
             what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
             raise SettingsMismatch(f"{self.folder} holds a shard set made with other settings ({what}); "

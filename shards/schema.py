@@ -99,6 +99,8 @@ class SampleMeta:
     """Class name, when labeled."""
     caption: str | None = None
     """Free text from the input list, when given."""
+    starts_at_cut: bool | None = None
+    """With ``--split-at-scenes``: whether the chunk starts at a shot cut (``None``: not detected)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further fields a writer chose to add; kept on round trips."""
 
