@@ -35,8 +35,9 @@ def _pp_default(name: str):
 @app.command("preprocess")
 def preprocess_cmd(
     input: Path = typer.Argument(..., help="Folder of videos (searched recursively; any file that "
-                                 "probes as a video) or a .csv / .jsonl list with 'path' and optional "
-                                 "'label', 'start', 'end', 'caption'."),
+                                 "probes as a video), a .csv / .jsonl list with 'path' and optional "
+                                 "'label', 'start', 'end', 'caption', or a shard set to re-encode (a folder "
+                                 "with manifest.json or *.tar: vidshard or any WebDataset of videos)."),
     output: Path = typer.Argument(..., help="Shard-set folder. Run the same command again to resume after a "
                                   "kill or to add new videos."),
     chunk_seconds: float = typer.Option(_pp_default("chunk_seconds"), help="Length of each clip, seconds."),

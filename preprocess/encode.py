@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from vidshard.shards.schema import SampleMeta
 
 from .config import PreprocessConfig
 from .ffmpeg import FFmpegError, TranscodeSpec, transcode
+from .from_shards import SampleProblem, extracted_source
 from .inputs import InputItem
 from .plan import chunk_bounds, kept_cuts, scene_bounds, split_points
 from .probe import ProbeError, ProbeInfo, open_local, probe
@@ -73,10 +74,13 @@ def encode_video(job: EncodeJob, cfg: PreprocessConfig) -> EncodeOutcome:
     done = job.staging / job.item.vid
     if (done / META).is_file():
         return EncodeOutcome(item=job.item, staged=done, seconds=read_staged(done)["seconds"])
+    if job.item.invalid:
+        return EncodeOutcome(item=job.item, reason=job.item.invalid)
     tmp = job.staging / f"{job.item.vid}.{os.getpid()}.tmp"
     try:
-        meta = _encode_into(job, cfg, tmp)
-    except (EncodeFailure, ProbeError) as e:
+        with extracted_source(job.item, job.staging) as path:  # a shard-set input's video, copied out
+            meta = _encode_into(replace(job, item=replace(job.item, path=path)), cfg, tmp)
+    except (EncodeFailure, ProbeError, SampleProblem) as e:
         return EncodeOutcome(item=job.item, reason=str(e))
     except Stopped as e:
         return EncodeOutcome(item=job.item, reason=str(e), stopped=True)
@@ -193,14 +197,17 @@ def _at_cut(t: float, cuts: list[float] | None, fps: float) -> bool | None:
 def _sample_metas(job: EncodeJob, info: ProbeInfo, start: float, chunks: list[dict],
                   cuts: list[float] | None = None) -> list[SampleMeta]:
     item, t = job.item, start
+    origin = dict(item.origin or {})  # a shard-set input: times are in its original source's timeline
+    video, offset = origin.pop("video", item.rel), origin.pop("start_s", 0.0)
     metas = []
     for i, c in enumerate(chunks):
         end = t + c["duration"]
         metas.append(SampleMeta(
-            video=item.rel, video_id=item.vid, chunk=i, start_s=round(t, 6), end_s=round(end, 6),
-            frames=c["frames"], fps=round(c["fps"], 6), width=c["width"], height=c["height"],
-            label=job.label, label_name=item.label_name if job.label is not None else None,
-            caption=item.caption, starts_at_cut=_at_cut(t - start, cuts, c["fps"])))
+            video=video, video_id=item.vid, chunk=i, start_s=round(offset + t, 6),
+            end_s=round(offset + end, 6), frames=c["frames"], fps=round(c["fps"], 6), width=c["width"],
+            height=c["height"], label=job.label,
+            label_name=item.label_name if job.label is not None else None, caption=item.caption,
+            starts_at_cut=_at_cut(t - start, cuts, c["fps"]), extra=origin))
         t = end
     return metas
 

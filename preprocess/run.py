@@ -8,6 +8,7 @@ folder; this process alone writes shards, the journal, the manifest and
 from __future__ import annotations
 
 import errno
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from vidshard.shards.schema import failure_record
 
 from .config import PreprocessConfig
 from .encode import EncodeFailure, EncodeJob, EncodeOutcome, encode_video, read_staged, segment_of
+from .from_shards import extracted_source
 from .inputs import InputItem, list_inputs
 from .plan import chunk_bounds, class_list, output_size, part_of, part_prefix
 from .pool import EncodePool
@@ -210,13 +212,16 @@ def _show_plan(cfg: PreprocessConfig, todo: list[InputItem], skipped: int, conso
         table.add_column(col)
     for it in todo:
         try:
-            info = probe(it.path)
+            if it.invalid:
+                raise EncodeFailure(it.invalid)
+            with tempfile.TemporaryDirectory() as tmp, extracted_source(it, Path(tmp)) as path:
+                info = probe(path)  # a shard-set input's video is copied out first
             start, duration = segment_of(it, info)
             chunks = len(chunk_bounds(duration, cfg.chunk_seconds, cfg.min_chunk_seconds))
             w, h = output_size(info.width, info.height, info.sar, info.rotation, cfg.short_side)
             table.add_row(it.display, it.label_name or "", f"{duration:.2f}", str(chunks), f"{w}x{h}",
                           f"{info.codec} {info.width}x{info.height} {info.fps:.3g} fps")
-        except (ProbeError, EncodeFailure, ValueError) as e:
+        except (ProbeError, EncodeFailure, ValueError, OSError) as e:
             table.add_row(it.display, it.label_name or "", "", "", "", f"[red]will fail: {e}")
     console.print(table)
     console.print(f"staging and journal would live in {cfg.output / STATE_DIR}")
