@@ -254,7 +254,7 @@ def verify_cmd(
         typer.echo(f"warning: {line}", err=True)
     for line in result.problems:
         typer.echo(f"problem: {line}", err=True)
-    for status in ("missing", "corrupt"):
+    for status in ("missing", "corrupt", "refused"):
         names = [c.name for c in result.bad if c.status == status]
         if names:
             typer.echo(f"{status}: {' '.join(names)}", err=True)
@@ -273,6 +273,10 @@ def serve_cmd(
                              "machine only)."),
     port: int = typer.Option(_sh_default("serve", "ServeConfig", "port"),
                              help="TCP port; 0 picks a free one."),
+    max_connections: int = typer.Option(_sh_default("serve", "ServeConfig", "max_connections"),
+                                        help="Connections served at once; more get 503 (clients retry)."),
+    idle_timeout: float = typer.Option(_sh_default("serve", "ServeConfig", "idle_timeout"),
+                                       help="Seconds before a silent connection is closed."),
 ) -> None:
     """Serve a shard set read-only over HTTP to other machines.
 
@@ -282,7 +286,8 @@ def serve_cmd(
     from vidshard.shards.serve import ServeConfig, serve
 
     try:
-        cfg = ServeConfig(shardset=shardset, host=host, port=port)
+        cfg = ServeConfig(shardset=shardset, host=host, port=port, max_connections=max_connections,
+                          idle_timeout=idle_timeout)
         serve(cfg)
     except (OSError, ValueError) as e:
         raise _sh_fail(e) from None

@@ -3,12 +3,16 @@
 The summary reads every sample's ``KEY.json`` (a local shard is read by seeking
 from header to header, so the videos are skipped; a URL is streamed once). The
 contact sheet decodes a few frames of a few samples, spread evenly over the set.
+
+A sample with a member that is not a regular file, is over its size cap or has
+metadata of the wrong shape is skipped and counted by reason; a manifest entry
+outside the shard-name rule, or a shard linking out of the set, is an unreadable
+shard that is never opened.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import statistics
 import tarfile
 from collections import Counter
@@ -17,11 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 from .cache import FetchError, fetch_bytes
-from .schema import FAILURES, META_EXT, VIDEO_EXT, Manifest, SampleMeta
+from .localset import open_set_file
+from .schema import (
+    FAILURES,
+    META_EXT,
+    VIDEO_EXT,
+    Manifest,
+    MemberError,
+    Rejected,
+    SampleMeta,
+    check_tar_member,
+)
 from .sheet import save_sheet
 from .verify import is_url, open_manifest, open_shard
 
@@ -71,8 +86,13 @@ class Summary:
     """Lines of ``failures.jsonl`` (``None`` when it could not be read)."""
     unreadable: list[str] = field(default_factory=list)
     """Shards that could not be read (missing or broken; ``vidshard verify`` says more)."""
-    bad_metadata: int = 0
-    """``KEY.json`` members that do not parse."""
+    skipped: Counter = field(default_factory=Counter)
+    """Samples skipped, per reason (``bad metadata``, ``not a regular file``, ``oversize member``, ...)."""
+
+    @property
+    def bad_metadata(self) -> int:
+        """Samples skipped for their ``KEY.json``."""
+        return self.skipped["bad metadata"]
 
     def add(self, meta: SampleMeta) -> None:
         duration = meta.end_s - meta.start_s
@@ -91,54 +111,69 @@ def sheet_picks(counts: list[int], n: int) -> set[int]:
     return {int(i * total / n) for i in range(n)} if total else set()
 
 
-def _iter_members(base: str, name: str,
-                  want_video: Callable[[int], bool]) -> Iterator[tuple[str, str, bytes]]:
-    """Yield ``(key, ext, bytes)`` for the metadata (and wanted videos) of one shard, in order."""
+def _iter_samples(base: str, name: str, want_video: Callable[[int], bool]
+                  ) -> Iterator[tuple[str, dict[str, bytes], MemberError | None]]:
+    """Yield ``(key, {ext: bytes}, problem)`` per sample of one shard, in order: the metadata (and
+    the wanted videos), or the first problem of its members (checked from the headers)."""
     if is_url(base):
         f, mode = open_shard(base, name), "r|"
     else:
-        f, mode = open(Path(base) / name, "rb"), "r:"  # noqa: SIM115 (closed below); "r:" seeks past videos
+        f, mode = open_set_file(base, name), "r:"  # "r:" seeks past the videos
     with f, tarfile.open(fileobj=f, mode=mode) as tf:
-        index, last = -1, None
+        index, last, members, problem = -1, None, {}, None
         for m in tf:
-            key, _, ext = Path(m.name).name.partition(".")
+            try:
+                key, ext = check_tar_member(m)
+            except MemberError as e:
+                key, ext, bad = m.name.rpartition("/")[2].partition(".")[0], "", e
+            else:
+                bad = None
             if key != last:
-                index, last = index + 1, key
-            if ext == META_EXT or (ext == VIDEO_EXT and want_video(index)):
-                yield key, ext, tf.extractfile(m).read()
+                if last is not None:
+                    yield last, members, problem
+                index, last, members, problem = index + 1, key, {}, None
+            problem = problem or bad
+            if bad is None and (ext == META_EXT or (ext == VIDEO_EXT and want_video(index))):
+                members[ext] = tf.extractfile(m).read()
+        if last is not None:
+            yield last, members, problem
 
 
 def summarize(cfg: InspectConfig) -> tuple[Summary, list[tuple[SampleMeta, bytes]]]:
     """Read every sample's metadata; also return the (metadata, mp4) of the sheet's samples."""
-    manifest, base = open_manifest(cfg.location)
+    rejects: list[Rejected] = []
+    manifest, base = open_manifest(cfg.location, rejects)
     summary = Summary(location=str(cfg.location), manifest=manifest, failures=_count_failures(base))
+    summary.unreadable += [f"{r.name} (refused: {r.reason})" for r in rejects]
     picks = sheet_picks([s.samples for s in manifest.shards], cfg.samples) if cfg.sheet else set()
     chosen: list[tuple[SampleMeta, bytes]] = []
     offset = 0
     with Progress(disable=not cfg.progress, transient=True) as bar:
         for info in bar.track(manifest.shards, description=f"inspect {cfg.location}"):
-            videos: dict[str, bytes] = {}
-            metas: dict[str, SampleMeta] = {}
             try:
-                for key, ext, data in _iter_members(base, info.name, lambda i, o=offset: o + i in picks):
-                    if ext == VIDEO_EXT:
-                        videos[key] = data
-                    elif (meta := _meta(data)) is None:
-                        summary.bad_metadata += 1
-                    else:
-                        metas[key] = meta
+                for _, members, problem in _iter_samples(base, info.name, lambda i, o=offset: o + i in picks):
+                    meta = _meta(members, summary) if problem is None else None
+                    if problem is not None:
+                        summary.skipped[problem.reason] += 1
+                    elif meta is not None:
                         summary.add(meta)
-            except (OSError, tarfile.TarError, EOFError) as e:  # a missing or broken shard: count it, go on
+                        if VIDEO_EXT in members:
+                            chosen.append((meta, members[VIDEO_EXT]))
+            except (OSError, ValueError, tarfile.TarError, EOFError) as e:  # missing, broken, refused
                 summary.unreadable.append(f"{info.name} ({type(e).__name__})")
-            chosen += [(metas[k], mp4) for k, mp4 in videos.items() if k in metas]
             offset += info.samples
     return summary, chosen
 
 
-def _meta(data: bytes) -> SampleMeta | None:
+def _meta(members: dict[str, bytes], summary: Summary) -> SampleMeta | None:
+    """The sample's metadata, or ``None`` (counted in ``summary.skipped``) when it has none or bad."""
+    if META_EXT not in members:
+        summary.skipped["no metadata"] += 1
+        return None
     try:
-        return SampleMeta.from_dict(json.loads(data))
-    except (ValueError, TypeError, KeyError):
+        return SampleMeta.from_json(members[META_EXT])
+    except MemberError as e:
+        summary.skipped[e.reason] += 1
         return None
 
 
@@ -196,7 +231,7 @@ def _hours(seconds: float) -> str:
 def summary_tables(s: Summary) -> list[Table]:
     """Rich tables: an overview, the classes with counts, resolutions and frame rates."""
     m = s.manifest
-    overview = Table(title=f"{s.location}", show_header=False, title_justify="left")
+    overview = Table(title=escape(s.location), show_header=False, title_justify="left")
     d, size = s.durations, sum(i.bytes for i in m.shards)
     rows = [("samples", f"{s.samples} (manifest: {m.num_samples})"), ("videos", str(len(s.videos))),
             ("hours", _hours(s.seconds)), ("shards", f"{len(m.shards)}, {size / 1e6:,.1f} MB"),
@@ -206,17 +241,18 @@ def summary_tables(s: Summary) -> list[Table]:
     if s.unreadable:
         rows.append(("unreadable shards",
                      f"{len(s.unreadable)}: {', '.join(s.unreadable[:3])}; run vidshard verify"))
-    if s.bad_metadata:
-        rows.append(("bad metadata", f"{s.bad_metadata} samples"))
+    if s.skipped:
+        why = ", ".join(f"{reason}: {n}" for reason, n in s.skipped.most_common())
+        rows.append(("skipped samples", f"{sum(s.skipped.values())} ({why}); run vidshard verify"))
     rows.append(("settings", ", ".join(f"{k}={v}" for k, v in m.settings.items())))
     for k, v in rows:
-        overview.add_row(k, v)
+        overview.add_row(k, escape(v))  # names and settings come from the set: text, not markup
     tables = [overview]
     if any(name is not None for name in s.classes):
         classes = Table("id", "class", "samples", title="classes", title_justify="left")
         names = m.classes or sorted(n for n in s.classes if n is not None)
         for i, name in enumerate(names):
-            classes.add_row(str(i), name, str(s.classes.get(name, 0)))
+            classes.add_row(str(i), escape(name), str(s.classes.get(name, 0)))
         if s.classes.get(None):
             classes.add_row("-", "(unlabeled)", str(s.classes[None]))
         tables.append(classes)
@@ -224,6 +260,6 @@ def summary_tables(s: Summary) -> list[Table]:
     for title, head, counter in spreads:
         t = Table(head, "samples", title=title, title_justify="left")
         for value, n in counter.most_common():
-            t.add_row(str(value), str(n))
+            t.add_row(escape(str(value)), str(n))
         tables.append(t)
     return tables

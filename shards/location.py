@@ -22,7 +22,7 @@ from pathlib import Path
 
 from webdataset.shardlists import expand_urls
 
-from .schema import MANIFEST, Manifest, ShardInfo, parse_shard_name
+from .schema import MANIFEST, Manifest, ManifestError, ShardInfo, check_shard_name, parse_shard_name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,14 +73,22 @@ def _fetch_manifest(url: str) -> Manifest:
     from .cache import fetch_bytes  # retries dropped connections
 
     try:
-        return Manifest.from_json(fetch_bytes(url))
+        return Manifest.from_json(fetch_bytes(url), url)
+    except ManifestError:
+        raise  # it was read: the manifest itself is bad, and the error names the entry
     except Exception as exn:
         raise FileNotFoundError(f"{url}: could not read the manifest ({exn}); is the shard set served "
                                 "there (`vidshard serve`) and is the URL right?") from exn
 
 
 def _join(base: str, name: str) -> str:
-    return base + name if _is_http(base) else str(Path(base) / name)
+    """The URL or absolute path of shard ``name`` (checked again here) under ``base``.
+
+    A local path is made absolute, so no name can leave a bare ``pipe:`` or URL
+    (``Path(".") / "pipe:cmd"`` is ``"pipe:cmd"``, which webdataset would run).
+    """
+    check_shard_name(name)
+    return base + name if _is_http(base) else str(Path(base).absolute() / name)
 
 
 def _from_manifest(manifest: Manifest, base: str, cache_dir: Path | None) -> ShardSource:
@@ -101,9 +109,12 @@ def _try_manifest(base: str) -> Manifest | None:
         if _is_http(base):
             from .cache import RetryPolicy, fetch_bytes
 
-            return Manifest.from_json(fetch_bytes(base + MANIFEST, policy=RetryPolicy(attempts=1)))
+            url = base + MANIFEST
+            return Manifest.from_json(fetch_bytes(url, policy=RetryPolicy(attempts=1)), url)
         p = Path(base) / MANIFEST
         return Manifest.load(p) if p.is_file() else None
+    except ManifestError:
+        raise  # a manifest is there but bad: say so rather than silently dropping the counts
     except Exception:
         return None
 
@@ -134,7 +145,7 @@ def _from_folder(folder: Path, cache_dir: Path | None) -> ShardSource:
     if not tars:
         raise FileNotFoundError(f"{folder}: no manifest.json and no NAME-NNNNNN.tar shards; "
                                 "is this the output folder of `vidshard preprocess`?")
-    return ShardSource(manifest=None, urls=[str(p) for p in tars], infos=None, base=str(folder),
+    return ShardSource(manifest=None, urls=[str(p.absolute()) for p in tars], infos=None, base=str(folder),
                        cache_dir=cache_dir)
 
 

@@ -11,12 +11,20 @@ like any other (a manifest that referenced files in other folders would not
 be). The bytes, and so each shard's SHA-256, are unchanged. Totals are summed,
 ``failures.jsonl`` files concatenated, and ``manifest.json`` is written last,
 atomically: OUTPUT is a shard set only once the merge is complete.
+
+The input sets are not trusted: their manifests are checked like any other
+(names inside the set, sane values), each shard is opened only inside its set's
+folder (a shard linking elsewhere is refused) and read once before anything is
+placed, and its size, SHA-256 and sample count must match its manifest. The
+merged manifest holds the sizes and hashes merge computed itself; a placed
+file is checked to be the one that was read (same inode for a link, same hash
+for a copy).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,7 +32,21 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from .schema import FAILURES, MANIFEST, TOTAL_KEYS, Manifest, ShardInfo, atomic_write, shard_name
+from .cache import CHUNK
+from .localset import open_set_file
+from .schema import (
+    FAILURES,
+    MANIFEST,
+    TOTAL_KEYS,
+    Manifest,
+    ManifestError,
+    MemberError,
+    ShardInfo,
+    atomic_write,
+    check_tar_member,
+    shard_name,
+)
+from .verify import HashingReader
 
 PER_RUN_SETTINGS = ("part", "shard_size", "merged_from")
 """Settings that may differ between the sets of one merge (each part run has its own)."""
@@ -104,51 +126,112 @@ def shard_keys(path: Path) -> list[str]:
     return keys
 
 
-def check_keys(sets: dict[str, tuple[Path, Manifest]]) -> None:
-    """Refuse missing or resized shards and sample keys that occur more than once."""
+@dataclass(frozen=True, kw_only=True)
+class CheckedShard:
+    """An input shard as merge read it (not as its manifest says)."""
+
+    folder: Path
+    """The input set's folder."""
+    info: ShardInfo
+    """Name and sample count from the input manifest; bytes and sha256 as computed."""
+    stat: os.stat_result
+    """``fstat`` of the file that was read: a hard link must be to this same, unchanged inode."""
+    keys: list[str]
+    """Sample keys in order."""
+
+
+def read_shard(set_name: str, folder: Path, info: ShardInfo) -> CheckedShard:
+    """Read one input shard inside its set; :class:`MergeError` unless its size, SHA-256, sample
+    count and members (regular files of sane size) match its manifest."""
+    where = f"{set_name}: shard {info.name}"
+    fix = f"run `vidshard verify {set_name}`"
+    try:
+        f = open_set_file(folder, info.name)
+    except (OSError, ManifestError) as e:
+        raise MergeError(f"{where}: cannot be merged ({e}); {fix}") from None
+    with f:
+        st = os.fstat(f.fileno())
+        reader = HashingReader(f, limit=info.bytes + 1)
+        keys: list[str] = []
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tf:
+                for m in tf:
+                    key = check_tar_member(m)[0]
+                    if not keys or keys[-1] != key:
+                        keys.append(key)
+            while reader.read(CHUNK):
+                pass
+        except (tarfile.TarError, EOFError, MemberError) as e:
+            raise MergeError(f"{where}: not a readable tar ({e}); {fix}") from None
+    got = ShardInfo(name=info.name, samples=len(keys), bytes=reader.bytes, sha256=reader.sha.hexdigest())
+    for field_name in ("bytes", "sha256", "samples"):
+        if getattr(got, field_name) != getattr(info, field_name):
+            raise MergeError(f"{where}: {field_name} is {getattr(got, field_name)}, its manifest says "
+                             f"{getattr(info, field_name)}; the shard is damaged or the manifest is wrong "
+                             f"(nothing was merged); {fix}")
+    return CheckedShard(folder=folder, info=got, stat=st, keys=keys)
+
+
+def check_keys(sets: dict[str, tuple[Path, Manifest]]) -> list[CheckedShard]:
+    """Read every input shard (:func:`read_shard`); refuse sample keys that occur more than once."""
     where: dict[str, list[str]] = defaultdict(list)
+    checked: list[CheckedShard] = []
     for name, (folder, m) in sets.items():
         for info in m.shards:
-            path = folder / info.name
-            if not path.is_file() or path.stat().st_size != info.bytes:
-                raise MergeError(f"{path}: missing or not the size its manifest says; "
-                                 f"run `vidshard verify {folder}`")
-            try:
-                keys = shard_keys(path)
-            except (tarfile.TarError, EOFError) as e:
-                msg = f"{path}: not a readable tar ({e}); run `vidshard verify {folder}`"
-                raise MergeError(msg) from None
-            for key in keys:
+            checked.append(read_shard(name, folder, info))
+            for key in checked[-1].keys:
                 where[key].append(f"{name}/{info.name}")
     dups = {k: v for k, v in where.items() if len(v) > 1}
     if dups:
         shown = "; ".join(f"{k} in {', '.join(v)}" for k, v in sorted(dups.items())[:5])
         raise MergeError(f"{len(dups)} sample keys occur more than once ({shown}); were the same inputs "
                          "preprocessed twice? Merge only disjoint parts.")
+    return checked
 
 
-def _place(src: Path, dst: Path, copy: bool) -> bool:
-    """Hard-link (or copy) ``src`` to ``dst`` atomically; True when it was linked."""
+def _place(shard: CheckedShard, dst: Path, copy: bool) -> bool:
+    """Hard-link (or copy) the checked shard to ``dst`` atomically; True when it was linked.
+
+    The placed file must be the one that was read: a link the same unchanged inode, a copy the
+    same bytes (hashed while copying); otherwise :class:`MergeError` and nothing is placed.
+    """
     tmp = dst.with_name(f".{dst.name}.tmp")
     tmp.unlink(missing_ok=True)
+    src = shard.folder / shard.info.name
     linked = False
     if not copy:
         try:
-            os.link(src, tmp)
+            os.link(src.resolve(), tmp, follow_symlinks=False)
             linked = True
         except OSError:  # another file system, or links not allowed: fall back to a copy
             pass
-    if not linked:
-        shutil.copyfile(src, tmp)
+    if linked:
+        st, want = os.stat(tmp), shard.stat
+        same = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) == (
+            want.st_ino, want.st_dev, want.st_size, want.st_mtime_ns)
+    else:
+        same = _copy_hashed(src.parent, src.name, tmp) == shard.info.sha256
+    if not same:
+        tmp.unlink(missing_ok=True)
+        raise MergeError(f"{src} changed while it was being merged; merge again when nothing writes to it")
     os.replace(tmp, dst)
     return linked
+
+
+def _copy_hashed(folder: Path, name: str, dst: Path) -> str:
+    """Copy file ``name`` of the set in ``folder`` to ``dst``; the SHA-256 of the bytes copied."""
+    with open_set_file(folder, name) as f, open(dst, "wb") as out:
+        reader = HashingReader(f)
+        while data := reader.read(CHUNK):
+            out.write(data)
+    return reader.sha.hexdigest()
 
 
 def merge(cfg: MergeConfig) -> Manifest:
     """Merge ``cfg.sets`` into ``cfg.output``; returns the merged manifest."""
     sets = {str(s): (Path(s), Manifest.load(s)) for s in cfg.sets}
     check_compatible({name: m for name, (_, m) in sets.items()})
-    check_keys(sets)
+    checked = check_keys(sets)
     first = next(iter(sets.values()))[1]
     prefix = cfg.prefix or first.settings.get("prefix") or "train"
     out = Path(cfg.output)
@@ -157,14 +240,13 @@ def merge(cfg: MergeConfig) -> Manifest:
     total = sum(len(m.shards) for _, m in sets.values())
     with Progress(disable=not cfg.progress, transient=True) as bar:
         task = bar.add_task(f"merge into {out}", total=total)
-        for folder, m in sets.values():
-            for info in m.shards:
-                name = shard_name(prefix, len(shards))
-                _place(folder / info.name, out / name, cfg.copy)
-                shards.append(ShardInfo(name=name, samples=info.samples, bytes=info.bytes,
-                                        sha256=info.sha256))
-                bar.advance(task)
-    failures = b"".join(_failures(folder) for folder, _ in sets.values())
+        for shard in checked:
+            name = shard_name(prefix, len(shards))
+            _place(shard, out / name, cfg.copy)
+            shards.append(ShardInfo(name=name, samples=shard.info.samples, bytes=shard.info.bytes,
+                                    sha256=shard.info.sha256))  # computed by read_shard
+            bar.advance(task)
+    failures = b"".join(_failures(name, folder) for name, (folder, _) in sets.items())
     atomic_write(out / FAILURES, failures)
     totals = {k: sum(m.totals.get(k, 0) for _, m in sets.values()) for k in TOTAL_KEYS}
     settings = {**first.settings, "part": None, "merged_from": len(sets)}
@@ -176,7 +258,20 @@ def merge(cfg: MergeConfig) -> Manifest:
     return merged
 
 
-def _failures(folder: Path) -> bytes:
-    path = folder / FAILURES
-    data = path.read_bytes() if path.exists() else b""
+def _failures(set_name: str, folder: Path) -> bytes:
+    """The set's ``failures.jsonl`` (read inside the set only), each line checked to be a JSON object."""
+    try:
+        with open_set_file(folder, FAILURES) as f:
+            data = f.read()
+    except FileNotFoundError:
+        return b""
+    except (OSError, ManifestError) as e:
+        raise MergeError(f"{set_name}: {FAILURES} cannot be merged ({e})") from None
+    for i, line in enumerate(data.splitlines(), 1):
+        try:
+            ok = not line.strip() or isinstance(json.loads(line), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise MergeError(f"{set_name}/{FAILURES} line {i} is not a JSON object; fix or remove that line")
     return data if not data or data.endswith(b"\n") else data + b"\n"

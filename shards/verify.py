@@ -6,6 +6,12 @@ Per shard the samples are counted and each must have its ``KEY.mp4`` and a
 ``KEY.json`` that parses into :class:`SampleMeta` (and matches its key, its
 ``KEY.cls`` and the manifest's classes); with ``deep`` the first frame of every
 clip is decoded too. Across the set, keys must be unique.
+
+Nothing in the set is trusted: a manifest entry outside the shard-name rule (``../x``,
+an absolute path, a ``pipe:`` command) or a shard that links out of the folder is a
+``refused`` finding and is never opened; a member that is not a regular file or is over
+its size cap (:data:`~vidshard.shards.schema.MEMBER_MAX_BYTES`), or metadata of the wrong
+shape, is a finding of its shard; no shard is read past the size its manifest gives.
 """
 
 from __future__ import annotations
@@ -22,11 +28,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .cache import CHUNK, FetchError, fetch_bytes
-from .schema import LABEL_EXT, MANIFEST, META_EXT, VIDEO_EXT, Manifest, SampleMeta, ShardInfo
+from .localset import OutsideSetError, open_set_file
+from .schema import (
+    LABEL_EXT,
+    MANIFEST,
+    MANIFEST_MAX_BYTES,
+    META_EXT,
+    VIDEO_EXT,
+    Manifest,
+    ManifestError,
+    MemberError,
+    Rejected,
+    SampleMeta,
+    ShardInfo,
+    check_tar_member,
+)
 
 MAX_PROBLEMS = 5  # per shard; the rest are counted
 
@@ -54,7 +75,10 @@ class ShardCheck:
     name: str
     """File name from the manifest."""
     status: str = "ok"
-    """``ok``, ``missing`` (absent or unreachable) or ``corrupt``."""
+    """``ok``, ``missing`` (absent or unreachable), ``corrupt``, or ``refused`` (a name outside
+    the shard-name rule or a file linking out of the set: never opened)."""
+    expected: ShardInfo | None = None
+    """The manifest's entry; ``None`` for a refused entry."""
     samples: int = 0
     """Samples found."""
     bytes: int = 0
@@ -95,8 +119,11 @@ def is_url(location: str) -> bool:
     return str(location).startswith(("http://", "https://"))
 
 
-def open_manifest(location: str) -> tuple[Manifest, str]:
+def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple[Manifest, str]:
     """The manifest of a shard set and the folder or URL prefix of its shards.
+
+    With a ``rejects`` list, bad shard entries go there instead of raising
+    :class:`~vidshard.shards.schema.ManifestError` (see :meth:`Manifest.from_dict`).
 
     A folder, a ``manifest.json`` path or URL, or an ``http(s)://`` prefix is read directly;
     anything else :func:`~vidshard.shards.location.resolve` accepts (brace patterns, ``file://``)
@@ -106,12 +133,16 @@ def open_manifest(location: str) -> tuple[Manifest, str]:
     if is_url(loc) and "{" not in loc and not loc.endswith(".tar"):
         url = loc if loc.endswith(".json") else loc.rstrip("/") + "/" + MANIFEST
         try:
-            return Manifest.from_json(fetch_bytes(url)), url.rsplit("/", 1)[0] + "/"
+            return _parse(fetch_bytes(url), url, rejects), url.rsplit("/", 1)[0] + "/"
         except FetchError as e:
             raise FileNotFoundError(f"{e}; is the shard set served there (`vidshard serve`)?") from None
     path = Path(loc)
     if path.is_dir() or (path.suffix == ".json" and path.is_file()):
-        return Manifest.load(path), str(path if path.is_dir() else path.parent)
+        file = path / MANIFEST if path.is_dir() else path
+        if not file.is_file():
+            return Manifest.load(file), ""  # raises the usual "no manifest.json here" error
+        with open(file, "rb") as f:
+            return _parse(f.read(MANIFEST_MAX_BYTES + 1), str(file), rejects), str(file.parent)
     from .location import resolve
 
     source = resolve(location)
@@ -121,21 +152,38 @@ def open_manifest(location: str) -> tuple[Manifest, str]:
     return source.manifest, source.base
 
 
+def _parse(data: bytes, source: str, rejects: list[Rejected] | None) -> Manifest:
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise ManifestError(f"{source}: over the {MANIFEST_MAX_BYTES}-byte limit for a manifest")
+    try:
+        d = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ManifestError(f"{source}: not valid JSON ({str(e)[:120]}); the file is damaged or not "
+                            "a manifest") from None
+    return Manifest.from_dict(d, source, rejects=rejects)
+
+
 def open_shard(base: str, name: str) -> BinaryIO:
-    """A binary stream of shard ``name`` under a folder or URL ``base``."""
+    """A binary stream of shard ``name`` (a checked manifest name) under a folder or URL ``base``;
+    a local shard that links out of the folder raises :class:`OutsideSetError`."""
     if is_url(base):
         return urllib.request.urlopen(base + name, timeout=60)
-    return open(Path(base) / name, "rb")
+    return open_set_file(base, name)
 
 
-class _HashingReader:
-    """A read-only stream wrapper that hashes and counts every byte read through it."""
+class HashingReader:
+    """A read-only stream wrapper that hashes and counts every byte read through it, and reads
+    at most ``limit`` bytes (then it reports the end), so no source can make a reader go on forever."""
 
-    def __init__(self, f: BinaryIO, on_read: Callable[[int], object] | None = None) -> None:
-        self.f, self.sha, self.bytes, self.on_read = f, hashlib.sha256(), 0, on_read
+    def __init__(self, f: BinaryIO, on_read: Callable[[int], object] | None = None,
+                 limit: int | None = None) -> None:
+        self.f, self.sha, self.bytes, self.on_read, self.limit = f, hashlib.sha256(), 0, on_read, limit
 
     def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
+        if self.limit is not None:
+            left = self.limit - self.bytes
+            n = left if n is None or n < 0 else min(n, left)
+        data = self.f.read(n) if n else b""
         self.sha.update(data)
         self.bytes += len(data)
         if self.on_read:
@@ -150,9 +198,12 @@ class _HashingReader:
 def check_shard(base: str, info: ShardInfo, classes: list[str] | None, keys: Counter,
                 deep: bool = False, on_read: Callable[[int], object] | None = None) -> ShardCheck:
     """Stream one shard: hash, size, sample count and every sample's members (keys go into ``keys``)."""
-    check = ShardCheck(name=info.name)
+    check = ShardCheck(name=info.name, expected=info)
     try:
         f = open_shard(base, info.name)
+    except OutsideSetError as e:
+        check.status, check.problems = "refused", [f"{e}; not read"]
+        return check
     except FileNotFoundError:
         check.status, check.problems = "missing", ["no such file"]
         return check
@@ -163,7 +214,7 @@ def check_shard(base: str, info: ShardInfo, classes: list[str] | None, keys: Cou
         check.status, check.problems = "missing", [f"unreadable: {e}"]
         return check
     with f:
-        reader = _HashingReader(f, on_read)
+        reader = HashingReader(f, on_read, limit=info.bytes + 1)  # one more tells "too long"
         try:
             _check_samples(reader, check, classes, keys, deep)
         except (tarfile.TarError, EOFError, OSError) as e:
@@ -182,17 +233,16 @@ def check_shard(base: str, info: ShardInfo, classes: list[str] | None, keys: Cou
     return check
 
 
-def _check_samples(reader: _HashingReader, check: ShardCheck, classes: list[str] | None, keys: Counter,
+def _check_samples(reader: HashingReader, check: ShardCheck, classes: list[str] | None, keys: Counter,
                    deep: bool) -> None:
     current: str | None = None
     members: dict[str, bytes | None] = {}
     with tarfile.open(fileobj=reader, mode="r|") as tf:
         for m in tf:
-            if not m.isfile():
-                continue
-            key, dot, ext = Path(m.name).name.partition(".")
-            if not dot:
-                check.add(f"member {m.name!r} has no extension")
+            try:
+                key, ext = check_tar_member(m)
+            except MemberError as e:
+                check.add(str(e))
                 continue
             if key != current:
                 if current is not None:
@@ -214,8 +264,8 @@ def _check_sample(key: str, members: dict[str, bytes | None], check: ShardCheck,
     if META_EXT not in members:
         return
     try:
-        meta = SampleMeta.from_dict(json.loads(members[META_EXT]))
-    except (ValueError, TypeError, KeyError) as e:
+        meta = SampleMeta.from_json(members[META_EXT])
+    except MemberError as e:
         check.add(f"sample {key}: unreadable {key}.{META_EXT} ({e})")
         return
     if meta.key != key:
@@ -237,7 +287,7 @@ def _decode_problem(mp4: bytes, meta: SampleMeta) -> str | None:
     try:
         with av.open(io.BytesIO(mp4)) as container:
             frame = next(container.decode(video=0))
-    except (av.FFmpegError, StopIteration, ValueError) as e:
+    except (av.FFmpegError, StopIteration, ValueError, IndexError, OSError) as e:
         return f"video does not decode ({type(e).__name__}: {e})"
     if (frame.width, frame.height) != (meta.width, meta.height):
         return f"video is {frame.width}x{frame.height}, metadata says {meta.width}x{meta.height}"
@@ -246,9 +296,11 @@ def _decode_problem(mp4: bytes, meta: SampleMeta) -> str | None:
 
 def verify(cfg: VerifyConfig) -> VerifyResult:
     """Check every shard of ``cfg.location`` against its manifest; see the module docstring."""
-    manifest, base = open_manifest(cfg.location)
+    rejects: list[Rejected] = []
+    manifest, base = open_manifest(cfg.location, rejects)
     keys: Counter = Counter()
-    checks: list[ShardCheck] = []
+    checks = [ShardCheck(name=r.name, status="refused",
+                         problems=[f"shards[{r.index}]: {r.reason}; not opened"]) for r in rejects]
     columns = (TextColumn("verify {task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not cfg.progress, transient=True) as bar:
         task = bar.add_task(str(cfg.location), total=sum(s.bytes for s in manifest.shards))
@@ -260,7 +312,7 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
     if dups:
         result.problems.append(f"{len(dups)} keys occur more than once, e.g. {', '.join(sorted(dups)[:3])}")
     listed = manifest.num_samples  # missing or corrupt shards are reported above, not again here
-    if manifest.totals.get("samples", listed) != listed:
+    if not rejects and manifest.totals.get("samples", listed) != listed:
         result.problems.append(f"totals.samples is {manifest.totals['samples']}, "
                                f"the shard list says {listed}")
     if not is_url(base):
@@ -279,12 +331,13 @@ def report_table(result: VerifyResult, max_rows: int = 50) -> Table:
                   title_justify="left")
     for col in ("shard", "status", "samples", "bytes", "problems"):
         table.add_column(col, justify="right" if col in ("samples", "bytes") else "left")
-    style = {"ok": "green", "missing": "red", "corrupt": "red"}
     few = len(result.shards) <= max_rows
-    for info, c in zip(result.manifest.shards, result.shards, strict=True):
+    for c in result.shards:
         if few or c.status != "ok":
-            table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", f"{c.samples}/{info.samples}",
-                          f"{c.bytes}/{info.bytes}", "; ".join(c.problems))
+            want = c.expected
+            table.add_row(escape(c.name), f"[{'green' if c.status == 'ok' else 'red'}]{c.status}[/]",
+                          f"{c.samples}/{want.samples if want else '?'}",
+                          f"{c.bytes}/{want.bytes if want else '?'}", escape("; ".join(c.problems)))
     if not few:
         table.caption = f"{len(result.shards) - len(result.bad)} ok shards not listed"
     return table

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
 from vidshard.preprocess.ffmpeg import Synth, synth_video
-from vidshard.shards.schema import FAILURES, Manifest, SampleMeta, failure_record, sample_members, video_id
+from vidshard.shards.schema import (
+    FAILURES,
+    Manifest,
+    SampleMeta,
+    ShardInfo,
+    failure_record,
+    sample_members,
+    video_id,
+)
 from vidshard.shards.writer import ShardWriter
 
 CLASSES = ["moving", "counter"]
@@ -69,3 +80,32 @@ def shardset(tmp_path, pristine_set) -> Path:
 def build_shardset():
     """``build_shardset(folder, clips, settings=..., classes=..., max_bytes=...) -> Manifest``."""
     return _build_shardset
+
+
+def _hostile_set(folder: Path, members: list[dict], name: str = "train-000000.tar",
+                 samples: int = 1) -> Manifest:
+    """A one-shard set whose tar holds exactly ``members``, each ``{"name", "data"=b"", "type"=REGTYPE,
+    "link"="", "size"=len(data)}``: any member type, any size claim. The manifest's size and hash
+    match the tar, so only the members are wrong."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for spec in members:
+            info, data = tarfile.TarInfo(spec["name"]), spec.get("data", b"")
+            info.type, info.linkname = spec.get("type", tarfile.REGTYPE), spec.get("link", "")
+            regular = info.type == tarfile.REGTYPE
+            info.size = spec.get("size", len(data)) if regular else 0
+            tf.addfile(info, io.BytesIO(data) if regular else None)
+    raw = buf.getvalue()
+    (folder / name).write_bytes(raw)
+    m = Manifest(settings={}, shards=[ShardInfo(name=name, samples=samples, bytes=len(raw),
+                                                sha256=hashlib.sha256(raw).hexdigest())],
+                 totals={"samples": samples}, classes=None)
+    m.save(folder)
+    return m
+
+
+@pytest.fixture(scope="session")
+def hostile_set():
+    """``hostile_set(folder, [{"name": ..., "data": ..., "type": ..., "link": ...}], ...) -> Manifest``."""
+    return _hostile_set

@@ -38,7 +38,7 @@ def test_merge_refusal_is_an_error_message(tmp_path, clips, build_shardset):
 
 @pytest.mark.parametrize("command,options", [
     ("verify", ["--deep", "--quiet"]),
-    ("serve", ["--host", "--port"]),
+    ("serve", ["--host", "--port", "--max-connections", "--idle-timeout"]),
     ("inspect", ["--sheet", "--samples", "--frames", "--reconstruct"]),
     ("merge", ["--copy", "--prefix"]),
 ])
