@@ -12,7 +12,8 @@ shards and ``failures.jsonl`` apply unchanged. A sample that breaks a rule becom
 ``invalid`` set, which the worker reports as that input's failure: counted, never a crash.
 
 Everything read here is untrusted (the set may come from anywhere): member names, sizes,
-labels and captions are checked where they are read, one function per rule.
+labels and captions are checked where they are read, with ``shards.schema``'s checks (member
+type and size caps, ``KEY.json`` fields) plus the rules only a foreign set needs here.
 """
 
 from __future__ import annotations
@@ -26,13 +27,19 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vidshard.shards.schema import MANIFEST, Manifest, parse_shard_name
+from vidshard.shards.schema import (
+    MANIFEST,
+    VIDEO_EXT,
+    Manifest,
+    MemberError,
+    SampleMeta,
+    check_member_size,
+    check_tar_member,
+)
 
 from .inputs import InputError, InputItem
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "ogv", "mpg", "mpeg", "ts", "flv")
-MAX_SIDE_BYTES = 1 << 20  # a .json / .txt side member; captions and metadata are small
-MAX_CLS_BYTES = 32
 MAX_NAME_CHARS = 1024
 
 
@@ -51,13 +58,9 @@ def shard_files(source: Path) -> list[Path]:
     """The shards to read: the manifest's (checked names, inside the folder), else ``*.tar`` sorted."""
     if (source / MANIFEST).is_file():
         try:
-            manifest = Manifest.load(source)
+            manifest = Manifest.load(source)  # checks every entry, shard names included
         except (ValueError, TypeError, KeyError) as e:
             raise InputError(f"{source / MANIFEST}: not a usable manifest ({e})") from None
-        for s in manifest.shards:
-            if parse_shard_name(s.name) is None:
-                raise InputError(f"{source / MANIFEST}: shard name {s.name!r} breaks the shard-name rule "
-                                 "(NAME-NNNNNN.tar, no '/'); fix the manifest")
         return [source / s.name for s in manifest.shards]
     return sorted(p for p in source.iterdir() if p.suffix == ".tar" and p.is_file())
 
@@ -81,7 +84,7 @@ def _shard_items(shard: Path) -> list[InputItem]:
         for m in tar:
             try:
                 key, ext = split_member_name(m)
-            except SampleProblem as e:
+            except (SampleProblem, MemberError) as e:
                 problems.setdefault(m.name[:MAX_NAME_CHARS], str(e))
                 continue
             if ext in groups.setdefault(key, {}):
@@ -95,16 +98,19 @@ def _shard_items(shard: Path) -> list[InputItem]:
 def split_member_name(m: tarfile.TarInfo) -> tuple[str, str]:
     """``(key, ext)`` of a regular member with a safe relative name (the webdataset split)."""
     name = m.name
-    if not m.isfile():
-        raise SampleProblem(f"member {name[:200]!r} is not a regular file")
     unsafe = name.startswith("/") or ".." in PurePosixPath(name).parts or "\0" in name
     if unsafe or len(name) > MAX_NAME_CHARS:
         raise SampleProblem(f"member name {name[:200]!r} is unsafe (absolute, '..' or too long)")
     folder, _, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
-    if not stem or not dot or not ext:
-        raise SampleProblem(f"member {name[:200]!r} has no KEY.EXT name")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+    if not m.isreg() or not stem or not dot or not ext:
+        check_tar_member(m)  # says which rule it breaks
+    ext = ext.lower()
+    try:  # any video member gets the video cap, not the cap of an unknown type
+        check_member_size(VIDEO_EXT if ext.rpartition(".")[2] in VIDEO_EXTS else ext, m.size)
+    except MemberError as e:
+        raise SampleProblem(str(e)) from None
+    return (f"{folder}/{stem}" if folder else stem), ext
 
 
 def _item(shard: Path, tar: tarfile.TarFile, key: str, members: dict[str, tarfile.TarInfo],
@@ -130,9 +136,6 @@ def _item(shard: Path, tar: tarfile.TarFile, key: str, members: dict[str, tarfil
 
 def _side(tar: tarfile.TarFile, m: tarfile.TarInfo, ext: str) -> Any:
     """A side member, checked: ``.json`` an object, ``.txt`` text, ``.cls`` an integer."""
-    limit = MAX_CLS_BYTES if ext == "cls" else MAX_SIDE_BYTES
-    if m.size > limit:
-        raise SampleProblem(f".{ext} member of {m.size} bytes (at most {limit})")
     data = tar.extractfile(m).read()
     try:
         text = data.decode("utf-8")
@@ -152,6 +155,11 @@ def sample_origin(key: str, side: dict[str, Any]) -> dict[str, Any]:
     """What the new samples carry over: ``video``, ``start_s``, ``label_name``, ``caption``,
     ``captions``, ``source_key`` (the old key) and ``source_video_id``, each checked."""
     meta = side.get("json", {})
+    if "video_id" in meta and "chunk" in meta:  # a vidshard KEY.json: the schema's own checks
+        try:
+            SampleMeta.from_dict(meta)
+        except MemberError as e:
+            raise SampleProblem(str(e)) from None
     origin: dict[str, Any] = {"source_key": key, "video": _text(meta.get("video") or meta.get("url")) or key,
                               "start_s": _seconds(meta.get("start_s", 0.0))}
     if isinstance(meta.get("video_id"), str):
