@@ -60,6 +60,16 @@ def preprocess_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Probe inputs, show the plan, encode nothing."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar: plain log lines (for batch logs)."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input failed."),
+    watch: bool = typer.Option(False, "--watch", help="Keep running as a service: encode what INPUT holds, "
+                               "then each new file as it arrives; SIGTERM/SIGINT stop it cleanly (exit 0)."),
+    settle_seconds: float = typer.Option(_pp_default("settle_seconds"), help="--watch: a file counts once "
+                                         "unchanged this long, or once NAME.done exists beside it."),
+    flush_seconds: float = typer.Option(_pp_default("flush_seconds"), help="--watch: publish a partly filled "
+                                        "shard after this long without a new video."),
+    poll: bool = typer.Option(False, "--poll", help="--watch: list INPUT every --poll-seconds instead of "
+                              "waiting for change events (NFS and other network file systems)."),
+    poll_seconds: float = typer.Option(_pp_default("poll_seconds"), help="--watch --poll: seconds between "
+                                       "two listings of INPUT."),
     split_at_scenes: bool = typer.Option(False, "--split-at-scenes", help="Snap chunk boundaries to shot "
                                          "cuts (ffmpeg scdet) so no clip spans a cut; KEY.json gets "
                                          "starts_at_cut."),
@@ -82,7 +92,8 @@ def preprocess_cmd(
             labels_from_dirs=labels_from_dirs, shard_size=parse_size(shard_size), prefix=prefix,
             workers=workers, part=parse_part(part) if part else None, retry_failed=retry_failed,
             dry_run=dry_run, quiet=quiet, strict=strict, split_at_scenes=split_at_scenes,
-            scene_threshold=scene_threshold, min_shot_seconds=min_shot_seconds)
+            scene_threshold=scene_threshold, min_shot_seconds=min_shot_seconds, watch=watch,
+            settle_seconds=settle_seconds, flush_seconds=flush_seconds, poll=poll, poll_seconds=poll_seconds)
         result = preprocess(cfg)
     except (ValueError, InputError, SettingsMismatch, OSError) as e:
         typer.echo(f"error: {e}", err=True)

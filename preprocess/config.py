@@ -70,6 +70,18 @@ class PreprocessConfig:
     """No live progress bar: plain log lines only (for batch jobs and log files)."""
     strict: bool = False
     """Exit non-zero when any input failed (by default: only when none succeeded)."""
+    watch: bool = False
+    """Keep running: encode what is there, then each new file in INPUT as it arrives (SIGTERM stops)."""
+    settle_seconds: float = 30.0
+    """``watch``: a file counts once unchanged this long (or once ``NAME.done`` exists beside it)."""
+    flush_seconds: float = 300.0
+    """``watch``: publish a partly filled shard after this long without a new video."""
+    poll: bool = False
+    """``watch``: find new files by listing INPUT every ``poll_seconds`` (network file systems
+    deliver no change events); by default change events (watchdog) trigger a look."""
+    poll_seconds: float = 5.0
+    """``watch``: seconds between two listings of INPUT with ``poll`` (a safety-net listing every
+    minute otherwise)."""
     split_at_scenes: bool = False
     """Snap chunk boundaries to shot cuts (ffmpeg ``scdet``), so no sample spans a cut."""
     scene_threshold: float = 10.0
@@ -104,6 +116,8 @@ class PreprocessConfig:
             raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
         if not 0 < self.scene_threshold < 100:
             raise ValueError(f"scene_threshold must be in (0, 100), got {self.scene_threshold}")
+        if min(self.settle_seconds, self.flush_seconds) < 0 or self.poll_seconds <= 0:
+            raise ValueError("settle_seconds and flush_seconds must be >= 0, poll_seconds > 0")
         if self.min_shot_seconds < 0:
             raise ValueError(f"min_shot_seconds must be >= 0, got {self.min_shot_seconds}")
         if self.part is not None and not 1 <= self.part[0] <= self.part[1]:

@@ -46,6 +46,8 @@ class PreprocessResult:
     """Videos whose ffmpeg was stopped by a signal (not recorded as failed; a re-run retries them)."""
     failures: list[dict] = field(default_factory=list)
     """``failures.jsonl`` records added by this run."""
+    service: bool = False
+    """A ``--watch`` run, stopped by a signal as a service is (exit code 0)."""
 
     @property
     def encoded(self) -> int:
@@ -54,7 +56,10 @@ class PreprocessResult:
 
     def exit_code(self, strict: bool = False) -> int:
         """0 when the shard set holds at least one video (and, with ``strict``, nothing failed);
-        1 also when some encode was stopped from outside, so a job script knows to run again."""
+        1 also when some encode was stopped from outside, so a job script knows to run again.
+        A ``--watch`` service that was told to stop exits 0."""
+        if self.service:
+            return 0
         if self.total.videos_ok == 0 or self.stopped:
             return 1
         return 1 if strict and self.total.videos_failed else 0
@@ -75,6 +80,10 @@ def select_inputs(cfg: PreprocessConfig) -> tuple[list[InputItem], list[str] | N
 def preprocess(cfg: PreprocessConfig, console: Console | None = None) -> PreprocessResult:
     """Preprocess ``cfg.input`` into the shard set ``cfg.output`` (resuming / adding to it)."""
     console = console or Console(stderr=True, quiet=False)
+    if cfg.watch:
+        from .watch import watch
+
+        return watch(cfg, console)
     t0 = time.monotonic()
     items, names = select_inputs(cfg)
     if not cfg.dry_run:

@@ -211,6 +211,21 @@ class OutputStore:
             self._commit(None)
         return new
 
+    @property
+    def open_samples(self) -> int:
+        """Samples in the shard being written (not yet published)."""
+        return len(self._open.keys)
+
+    def flush(self) -> ShardInfo | None:
+        """Publish the open shard now, however full (watch mode: new data never waits for a
+        full shard); the next sample opens the next shard."""
+        if self._writer is None:
+            return None
+        info = self._writer.close()
+        if info is not None or self._open.videos:
+            self._commit(info)
+        return info
+
     def finish(self) -> None:
         """Finish the open shard and write the final manifest."""
         if self._writer is not None:
