@@ -13,17 +13,26 @@ source video per second of wall time, and the ratio vidshard / ffmpeg.
 from __future__ import annotations
 
 import shutil
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 from vidshard.preprocess.config import PreprocessConfig
 from vidshard.preprocess.encode import transcode_spec
-from vidshard.preprocess.ffmpeg import Synth, run, synth_video, transcode, transcode_args
-from vidshard.preprocess.inputs import list_inputs
+from vidshard.preprocess.ffmpeg import (
+    Synth,
+    TranscodeSpec,
+    measure_quality,
+    run,
+    synth_video,
+    transcode,
+    transcode_args,
+)
+from vidshard.preprocess.inputs import InputItem, list_inputs
 from vidshard.preprocess.plan import chunk_bounds
 from vidshard.preprocess.probe import probe
 from vidshard.preprocess.run import preprocess
@@ -197,6 +206,173 @@ def sweep_report(rows: list[dict]) -> str:
     lines = ["| gop | size (kB per s of video) | random 16-frame clips decoded per s |",
              "| --- | --- | --- |"]
     lines += [f"| {r['gop']} | {r['kbytes_per_s']:.0f} | {r['clips_per_s']:.0f} |" for r in rows]
+    return "\n".join(lines)
+
+
+# --- Encode for decoding: bytes, quality, encode speed and decode speed per encoder candidate -------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One x264 setting to measure."""
+
+    tune: str | None = None
+    """x264 tune (None: none)."""
+    crf: int = 23
+    """Constant rate factor."""
+    gop: int = 16
+    """Keyframe interval."""
+    bframes: int | None = None
+    """B-frames (None: the preset's choice)."""
+
+    @property
+    def label(self) -> str:
+        bf = "preset" if self.bframes is None else str(self.bframes)
+        return f"tune={self.tune or 'none'} crf={self.crf} gop={self.gop} bf={bf}"
+
+
+BASELINE = Candidate()  # the default before --tune existed: no tune, crf 23, gop 16, the preset's B-frames
+CANDIDATES = (BASELINE, Candidate(bframes=0), Candidate(tune="fastdecode"),
+              Candidate(tune="fastdecode", crf=22), Candidate(tune="fastdecode", crf=21),
+              Candidate(tune="fastdecode", crf=21, gop=32))
+SWEEP_SOURCES = ("testsrc2", "mandelbrot", "moving")
+
+
+def parse_candidate(text: str) -> Candidate:
+    """``"TUNE,CRF,GOP,BF"`` (``none`` / ``-`` for no tune or the preset's B-frames) -> Candidate."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4:
+        raise ValueError(f"candidate {text!r}: expected TUNE,CRF,GOP,BF such as fastdecode,21,16,-")
+    tune, crf, gop, bf = parts
+    return Candidate(tune=None if tune in ("none", "-", "") else tune, crf=int(crf), gop=int(gop),
+                     bframes=None if bf in ("-", "", "preset") else int(bf))
+
+
+def encode_sweep(candidates: tuple[Candidate, ...] = CANDIDATES, *, seconds: float = 10.0,
+                 short_side: int = 288, clips: int = 30, repeats: int = 3, seed: int = 0,
+                 console: Console | None = None) -> dict:
+    """Measure every candidate on the same synthetic sources (640x480, ``SWEEP_SOURCES``), one thread.
+
+    Bytes and SSIM/PSNR (ffmpeg's filters, against the source scaled the same way) are measured once
+    (x264 on one thread is deterministic); encode speed and the loader's decode-only clips/s (random
+    16x4 clips through ``shards.decode``) ``repeats`` times, interleaved, both per CPU second (the
+    process's own CPU time, which other load on a shared machine does not inflate as it does wall
+    time). See :func:`summarize`.
+    """
+    console = console or Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="vidshard-encode-") as tmp:
+        tmp = Path(tmp)
+        sources = [synth_video(tmp / "src" / f"{p}.mp4", Synth(seconds=seconds, width=640, height=480,
+                                                                pattern=p, gop=1)) for p in SWEEP_SOURCES]
+        runs: dict[str, dict] = {c.label: {"encode_s": [], "clips_per_s": [], "bytes": 0, "ssim": [],
+                                           "psnr": []} for c in candidates}
+        for r in range(repeats):
+            for c in candidates:
+                _measure(c, sources, runs[c.label], tmp / f"r{r}", short_side, seconds, clips, seed,
+                         quality=r == 0)
+                console.print(f"repeat {r + 1}: {c.label}: {runs[c.label]['clips_per_s'][-1]:.0f} clips/s",
+                              highlight=False)
+    video_s = seconds * len(sources)
+    measured = [{"label": c.label, "candidate": asdict(c), "bytes": run["bytes"],
+                 "ssim": statistics.mean(run["ssim"]), "psnr": statistics.mean(run["psnr"]),
+                 "encode_x_realtime": [video_s / t for t in run["encode_s"]],
+                 "clips_per_s": run["clips_per_s"]}
+                for c in candidates for run in [runs[c.label]]]
+    return summarize(measured, baseline=candidates[0].label)
+
+
+def _measure(c: Candidate, sources: list[Path], row: dict, tmp: Path, short_side: int, seconds: float,
+             clips: int, seed: int, quality: bool) -> None:
+    """Encode every source with ``c``; add encode seconds and decode clips/s (and bytes, SSIM, PSNR)."""
+    enc_s = dec_s = 0.0
+    for src in sources:
+        out = tmp / f"{c.tune}_{c.crf}_{c.gop}_{c.bframes}_{src.stem}"
+        t0 = _children_cpu()
+        chunk = transcode(src, out, _candidate_spec(c, short_side, seconds))[0][0]
+        enc_s += _children_cpu() - t0
+        dec_s += _decode_clips(chunk.read_bytes(), clips, seed)
+        if quality:
+            q = measure_quality(chunk, src, short_side)
+            row["bytes"] += chunk.stat().st_size
+            row["ssim"].append(q["ssim"])
+            row["psnr"].append(q["psnr"])
+        shutil.rmtree(out, ignore_errors=True)
+    row["encode_s"].append(enc_s)
+    row["clips_per_s"].append(clips * len(sources) / dec_s)
+
+
+def _children_cpu() -> float:
+    """CPU seconds used by finished child processes (ffmpeg): unlike wall time, not inflated by other
+    load on a shared machine."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _candidate_spec(c: Candidate, short_side: int, seconds: float) -> TranscodeSpec:
+    pp = PreprocessConfig(input=".", output=".", crf=c.crf, gop=c.gop, tune=c.tune, short_side=short_side,
+                          chunk_seconds=seconds, workers=1)
+    spec = transcode_spec(pp, InputItem(path=Path("x.mp4"), rel="x.mp4"), 0.0, seconds, [(0.0, seconds)])
+    return replace(spec, bframes=c.bframes, threads=1)
+
+
+def _decode_clips(data: bytes, clips: int, seed: int) -> float:
+    """CPU seconds the loader's decoder takes for ``clips`` random 16x4 clips of ``data`` (one thread; CPU
+    time, not wall time, so other load on a shared machine does not count)."""
+    import io
+    import random
+
+    import av
+    from vidshard.shards.decode import decode_frames, demux
+    from vidshard.shards.sampling import ClipSpec, plan_sample
+
+    rng, spec = random.Random(seed), ClipSpec()
+    t0 = time.process_time()
+    for _ in range(clips):
+        with av.open(io.BytesIO(data)) as c:
+            stream, packets = demux(c)
+            (views,) = plan_sample(len(packets), stream.codec_context.width, stream.codec_context.height,
+                                   spec, rng)
+            decode_frames(stream, packets, views[0].indices, 1)
+    return time.process_time() - t0
+
+
+def summarize(measured: list[dict], baseline: str, min_speedup: float = 1.8, max_bytes: float = 1.3) -> dict:
+    """Ratios against ``baseline`` and the chosen default.
+
+    Speed ratios are the median over repeats of the ratio within each repeat (runs close in time share
+    the machine's load). A candidate qualifies with decode-only clips/s >= ``min_speedup`` x the
+    baseline's, bytes <= ``max_bytes`` x, and SSIM no lower (at the 3 decimals SSIM is quoted with);
+    the chosen one is the qualifying candidate with the fewest bytes (None when none qualifies).
+    """
+    base = next(m for m in measured if m["label"] == baseline)
+    rows = []
+    for m in measured:
+        decode = statistics.median(a / b for a, b in zip(m["clips_per_s"], base["clips_per_s"], strict=True))
+        encode = statistics.median(a / b for a, b in zip(m["encode_x_realtime"], base["encode_x_realtime"],
+                                                         strict=True))
+        row = {**m, "bytes_ratio": m["bytes"] / base["bytes"], "decode_ratio": decode, "encode_ratio": encode,
+               "clips_per_s_median": statistics.median(m["clips_per_s"])}
+        row["qualifies"] = (decode >= min_speedup and row["bytes_ratio"] <= max_bytes
+                            and round(m["ssim"], 3) >= round(base["ssim"], 3))
+        rows.append(row)
+    ok = [r for r in rows if r["qualifies"]]
+    chosen = min(ok, key=lambda r: (r["bytes"], -r["decode_ratio"]))["label"] if ok else None
+    return {"baseline": baseline, "rows": rows, "chosen": chosen,
+            "rule": f"decode-only clips/s >= {min_speedup}x, bytes <= {max_bytes}x, SSIM not lower"}
+
+
+def encode_report(result: dict) -> str:
+    lines = ["| candidate | bytes | SSIM | PSNR (dB) | encode (x realtime) | decode-only clips/s | "
+             "vs baseline: bytes | decode | qualifies |", "| --- " * 9 + "|"]
+    for r in result["rows"]:
+        speed = statistics.median(r["encode_x_realtime"])
+        lines.append(f"| {r['label']} | {r['bytes'] / 1e3:.0f} kB | {r['ssim']:.4f} | {r['psnr']:.2f} | "
+                     f"{speed:.1f} | {r['clips_per_s_median']:.0f} | "
+                     f"{r['bytes_ratio']:.2f}x | {r['decode_ratio']:.2f}x | "
+                     f"{'yes' if r['qualifies'] else 'no'} |")
+    lines.append(f"rule: {result['rule']}; chosen: {result['chosen'] or 'none qualifies'}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from vidshard.shards.schema import DEFAULT_PREFIX
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+TUNES = ("fastdecode", "film", "animation", "grain", "stillimage", "psnr", "ssim", "zerolatency")
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
@@ -50,6 +51,10 @@ class PreprocessConfig:
     """A keyframe every this many frames (a random clip start decodes at most this many extra frames)."""
     preset: str = "veryfast"
     """x264 speed preset."""
+    tune: str | None = "fastdecode"
+    """x264 tune; ``fastdecode`` (no CABAC, no deblocking) makes clips decode about twice as fast for a
+    few percent more bytes (chosen by ``vidshard bench preprocess --encode-sweep``, see
+    docs/performance.md); ``None``: no tune (what shard sets made before this option used)."""
     keep_audio: bool = False
     """Keep the first audio track (AAC); dropped by default."""
     labels_from_dirs: bool = False
@@ -108,6 +113,8 @@ class PreprocessConfig:
             raise ValueError(f"gop must be >= 1, got {self.gop}")
         if self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r}: one of {', '.join(PRESETS)}")
+        if self.tune is not None and self.tune not in TUNES:
+            raise ValueError(f"tune {self.tune!r}: one of {', '.join(TUNES)}, or none")
         if self.shard_size < 1 << 16:
             raise ValueError(f"shard_size must be at least 64 KiB, got {self.shard_size}")
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.prefix):
@@ -132,7 +139,8 @@ class PreprocessConfig:
         return {
             "chunk_seconds": self.chunk_seconds, "min_chunk_seconds": self.min_chunk_seconds,
             "short_side": self.short_side, "fps": self.fps, "codec": "h264", "pix_fmt": "yuv420p",
-            "crf": self.crf, "gop": self.gop, "preset": self.preset, "keep_audio": self.keep_audio,
+            "crf": self.crf, "gop": self.gop, "preset": self.preset, "tune": self.tune,
+            "keep_audio": self.keep_audio,
             "labels_from_dirs": self.labels_from_dirs, "prefix": self.prefix,
             "part": None if self.part is None else f"{self.part[0]}/{self.part[1]}",
             # Only when on, so sets made before the option existed still resume.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -210,6 +211,10 @@ class TranscodeSpec:
     """Keyframe interval in frames."""
     preset: str = "veryfast"
     """libx264 preset."""
+    tune: str | None = None
+    """libx264 ``-tune`` (e.g. ``fastdecode``: no CABAC, no deblocking); ``None``: none."""
+    bframes: int | None = None
+    """libx264 B-frames (``-bf``); ``None``: the preset's choice."""
     fps: float | None = None
     """Output frame rate; ``None`` keeps the source's."""
     keep_audio: bool = False
@@ -262,6 +267,10 @@ def transcode_args(src: str | Path, out_dir: str | Path, spec: TranscodeSpec) ->
     args += ["-vf", ",".join(filters)]
     args += ["-c:v", "libx264", "-preset", spec.preset, "-crf", str(spec.crf), "-pix_fmt", "yuv420p",
              "-g", str(spec.gop), "-keyint_min", str(spec.gop), "-sc_threshold", "0"]
+    if spec.tune:
+        args += ["-tune", spec.tune]
+    if spec.bframes is not None:
+        args += ["-bf", str(spec.bframes)]
     if spec.threads:
         args += ["-threads", str(spec.threads)]
     if spec.split_s:
@@ -335,3 +344,27 @@ def concat_videos(parts: list[Path], dst: str | Path, fps: float = 25.0) -> Path
              "-c:v", "libx264", "-preset", "veryfast", "-an", local_url(dst)]
     run(args, timeout=300)
     return Path(dst)
+
+
+# --- Quality against the source (how the encoding defaults are chosen) ------------------------
+
+_SSIM_RE = re.compile(r"SSIM .*All:([0-9.]+)")
+_PSNR_RE = re.compile(r"PSNR .*average:([0-9.]+|inf)")
+
+
+def quality_args(encoded: str | Path, source: str | Path, short_side: int) -> list[str]:
+    """ffmpeg's own ``ssim`` and ``psnr`` filters: ``encoded`` against ``source`` scaled the way
+    :func:`transcode_args` scales it (both yuv420p, frames matched by timestamp)."""
+    graph = (f"[0:v]format=yuv420p,split[e1][e2];"
+             f"[1:v]{scale_filter(short_side)},format=yuv420p,split[s1][s2];[e1][s1]ssim;[e2][s2]psnr")
+    return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info",
+            "-i", local_url(encoded), "-i", local_url(source), "-lavfi", graph, "-f", "null", "-"]
+
+
+def measure_quality(encoded: str | Path, source: str | Path, short_side: int) -> dict[str, float]:
+    """``{"ssim": all-planes SSIM, "psnr": average PSNR in dB}`` of ``encoded`` against ``source``."""
+    err = run(quality_args(encoded, source, short_side), timeout=600).stderr.decode("utf-8", "replace")
+    ssim, psnr = _SSIM_RE.search(err), _PSNR_RE.search(err)
+    if not ssim or not psnr:
+        raise FFmpegError("ffmpeg printed no SSIM/PSNR summary", err[-500:])
+    return {"ssim": float(ssim[1]), "psnr": float(psnr[1])}

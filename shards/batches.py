@@ -4,8 +4,11 @@
   costs more CPU in page faults than the copy it saves); :func:`copy_out` in the main process copies each
   batch out (into pinned memory with CUDA) and frees its slot at once, so a delivered batch is never
   overwritten.
-- :func:`rebatch`: merges the workers' batches into batches of ``batch_size`` holding exactly the rank's
-  clip quota, repeating clips (marked invalid) to fill a shortfall, so every rank steps the same count.
+- :func:`pad_to`: fills a batch that came short (a corrupt sample, a rank one sample short) to the clip
+  count every rank delivers, repeating clips marked invalid, one batch at a time.
+- :func:`rebatch`: merges the workers' batches into batches of ``batch_size`` (shard sets without
+  counts, whose batches cannot be planned), optionally to an exact clip quota; its repeats are made one
+  batch at a time too: memory never grows with the size of the shortfall.
 """
 
 from __future__ import annotations
@@ -29,12 +32,26 @@ class LoaderStats:
     """Clips repeated (``valid=False``) to fill the rank's quota."""
     skipped: int = 0
     """Corrupt samples skipped."""
+    decoded: int = 0
+    """Samples decoded (each once, for all its clips)."""
+    valid: int = 0
+    """Clips delivered with ``valid`` True."""
     skipped_keys: list[tuple[str, str]] = field(default_factory=list)
     """(key or shard, reason) of the first skipped samples."""
+    missing: int = 0
+    """Samples the manifest lists for this rank that were never read (shard truncated, missing, broken)."""
+    shortfalls: list[tuple[str, str]] = field(default_factory=list)
+    """(shard, what was missing and why) for the first shards that fell short of the manifest."""
 
     def add_skipped(self, items: list[tuple[str, str]]) -> None:
         self.skipped += len(items)
         self.skipped_keys.extend(items[: max(0, 100 - len(self.skipped_keys))])
+
+    def add_missing(self, items: list[tuple[str, int, str]]) -> None:
+        """``(shard, samples missing, reason)`` reported by the readers."""
+        self.missing += sum(n for _, n, _ in items)
+        room = max(0, 100 - len(self.shortfalls))
+        self.shortfalls.extend((shard, reason) for shard, _, reason in items[:room])
 
 
 SLOTS = 4  # shared batch buffers per worker: the DataLoader's prefetch (2) + the one being filled + spare
@@ -78,11 +95,29 @@ def _slice(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
             "key": batch["key"][start:stop], "valid": batch["valid"][start:stop]}
 
 
-def _repeats(recent: dict[str, Any], count: int) -> dict[str, Any]:
-    """``count`` clips cycled from ``recent``, marked invalid."""
-    idx = torch.arange(count) % len(recent["key"])
+def _repeats(recent: dict[str, Any], count: int, start: int = 0) -> dict[str, Any]:
+    """``count`` clips cycled from ``recent`` (from its ``start``-th, modulo its length), marked invalid."""
+    idx = (torch.arange(count) + start) % len(recent["key"])
     return {"video": recent["video"][idx], "label": recent["label"][idx],
             "key": [recent["key"][i] for i in idx.tolist()], "valid": torch.zeros(count, dtype=torch.bool)}
+
+
+def pad_to(piece: dict[str, Any], target: int, recent: dict[str, Any] | None,
+           stats: LoaderStats) -> dict[str, Any]:
+    """``piece`` filled up to ``target`` clips by repeating its own clips (or, when it has none, those of
+    ``recent``, the batch before; blank clips labelled -1 when there is none yet), marked invalid: one
+    batch at a time, never more than it needs."""
+    have = len(piece["key"])
+    if have >= target:
+        return piece
+    stats.padded += target - have
+    pool = piece if have else recent
+    if pool is None or not len(pool["key"]):
+        return {"video": torch.zeros((target, *piece["video"].shape[1:]), dtype=torch.uint8),
+                "label": torch.full((target,), -1, dtype=torch.int64), "key": [""] * target,
+                "valid": torch.zeros(target, dtype=torch.bool)}
+    fill = _repeats(pool, target - have)
+    return _cat([piece, fill]) if have else fill
 
 
 def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None, drop_last: bool,
@@ -97,6 +132,7 @@ def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None
     recent: dict[str, Any] | None = None
     for piece in pieces:
         stats.add_skipped(piece.pop("skipped", []))
+        stats.add_missing(piece.pop("missing", []))
         if "video" not in piece:
             continue
         room = len(piece["key"]) if quota is None else min(len(piece["key"]), quota - emitted - pending)
@@ -110,20 +146,20 @@ def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None
             buf, pending, emitted, recent = ([rest] if pending > batch_size else []), pending - batch_size, \
                 emitted + batch_size, batch
             yield batch
+    rest = _cat(buf) if buf else None  # fewer than batch_size clips
+    pool, fill, made = rest if rest is not None else recent, 0, 0
     if quota is not None and emitted + pending < quota:
-        pool = _cat(buf) if buf else recent
         if pool is None:
             raise RuntimeError("no clip could be decoded on this rank: every sample failed "
-                               f"({stats.skipped} skipped, first: {stats.skipped_keys[:3]})")
+                               f"({stats.skipped} skipped, {stats.missing} missing, first: "
+                               f"{(stats.skipped_keys + stats.shortfalls)[:3]})")
         fill = quota - emitted - pending
         stats.padded += fill
-        buf.append(_repeats(pool, fill))
-        pending += fill
-    whole = _cat(buf) if buf else None
-    for start in range(0, pending, batch_size):
-        stop = min(pending, start + batch_size)
-        if stop - start == batch_size or not drop_last:
-            yield _slice(whole, start, stop)
+    while pending + fill >= batch_size or (pending + fill > 0 and not drop_last):
+        n = min(batch_size, pending + fill) - pending  # repeats in this batch, made only now
+        parts = ([rest] if pending else []) + ([_repeats(pool, n, made)] if n else [])
+        made, fill, pending = made + n, fill - n, 0
+        yield _cat(parts)
 
 
 def copy_out(pieces: Iterator[dict[str, Any]], busy: torch.Tensor, pin: bool) -> Iterator[dict[str, Any]]:

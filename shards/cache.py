@@ -13,6 +13,14 @@ sets share is stored once. A dropped connection resumes with a Range request
 (a fresh GET when the server ignores it); a download whose size or hash is
 wrong is thrown away and fetched again; after the last attempt
 :class:`FetchError` names the URL and what went wrong.
+
+The server is untrusted: no more than the manifest's byte count is ever read
+(a longer body is an error, not a bigger file), and every transfer has a
+deadline that grows with its size (:meth:`RetryPolicy.deadline`), so neither a
+hung server nor a 1 byte/s drip can hold a download forever. A complete
+``.part`` left by a kill is hashed and used, never re-requested with a Range
+past its end. :func:`open_http` gives the loader the same guarantees when it
+streams shards without a cache.
 """
 
 from __future__ import annotations
@@ -21,20 +29,25 @@ import contextlib
 import fcntl
 import hashlib
 import http.client
+import io
 import logging
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 from .schema import ShardInfo, fsync_dir
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHUNK = 1 << 20  # bytes per read while downloading and hashing
+MAX_SMALL_FILE = 64 << 20  # manifest.json, failures.jsonl: a 100,000-shard manifest is ~15 MB
 
 # Errors worth another attempt: the network, not the request, went wrong.
 _TRANSIENT = (ConnectionError, TimeoutError, http.client.HTTPException, urllib.error.URLError, OSError)
@@ -55,7 +68,11 @@ class RetryPolicy:
     max_backoff_s: float = 10.0
     """Upper bound on one wait."""
     timeout_s: float = 60.0
-    """Socket timeout for connecting and for each read."""
+    """Socket timeout for connecting and for each read; also the grace before ``min_rate`` applies."""
+    min_rate: float = 256 * 1024
+    """Slowest accepted average transfer rate, bytes/s: a transfer that has not reached
+    ``(elapsed - timeout_s) * min_rate`` bytes fails, so a download of N bytes ends by
+    :meth:`deadline` (N) (plus one socket timeout) whatever the server does."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -64,6 +81,12 @@ class RetryPolicy:
             raise ValueError("backoff times must be >= 0")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.min_rate <= 0:
+            raise ValueError(f"min_rate must be > 0 bytes/s, got {self.min_rate}")
+
+    def deadline(self, size: int) -> float:
+        """Seconds a transfer of ``size`` bytes may take: ``timeout_s + size / min_rate``."""
+        return self.timeout_s + size / self.min_rate
 
     def wait(self, attempt: int) -> float:
         """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
@@ -153,10 +176,14 @@ def _locked(final: Path) -> Iterator[None]:
 
 def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPolicy) -> None:
     tmp = final.with_name(f".{final.name}.part")
+    if _complete_part(tmp, info):
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        return
     problem = ""
     for attempt in range(1, policy.attempts + 1):
         try:
-            size, digest = _download(url, tmp, policy.timeout_s)
+            size, digest = _download(url, tmp, info, policy)
             problem = mismatch(size, digest, info) or ""
             if not problem:
                 os.replace(tmp, final)
@@ -165,9 +192,9 @@ def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPoli
             tmp.unlink(missing_ok=True)  # corrupt: start over from byte 0, never train on it
             problem = f"corrupt download: {problem}"
         except urllib.error.HTTPError as e:
-            if e.code < 500:  # 404 and friends will not heal by retrying
+            if e.code < 500 and e.code != 416:  # 404 and friends will not heal by retrying
                 raise FetchError(f"{url}: HTTP {e.code} {e.reason}; is the shard set served there?") from e
-            problem = f"HTTP {e.code} {e.reason}"
+            problem = f"HTTP {e.code} {e.reason}"  # 416: our partial file was dropped, start again
         except _TRANSIENT as e:
             problem = f"{type(e).__name__}: {e}"  # keep the partial file: the next attempt resumes it
         if attempt < policy.attempts:
@@ -177,53 +204,153 @@ def _download_verified(url: str, info: ShardInfo, final: Path, policy: RetryPoli
     raise FetchError(f"{url} ({info.name}): gave up after {policy.attempts} attempts; last: {problem}")
 
 
-def _download(url: str, tmp: Path, timeout_s: float) -> tuple[int, str]:
+def _complete_part(tmp: Path, info: ShardInfo) -> bool:
+    """True when a ``.part`` left by a kill already is the whole, right shard (no request needed: a Range
+    past its end would get HTTP 416). A full-size one with the wrong hash, or a longer one, is deleted."""
+    if not tmp.exists() or tmp.stat().st_size < info.bytes:
+        return False  # absent, or a prefix that the next request resumes
+    problem = check_file(tmp, info)
+    if problem is None:
+        return True
+    log.warning("%s: leftover partial download is unusable (%s); fetching it again", tmp, problem)
+    tmp.unlink()
+    return False
+
+
+class TooLarge(FetchError):
+    """The server sent (or announced) more bytes than the file may have."""
+
+
+class _Clock:
+    """The deadline of one transfer: after ``timeout_s`` of grace, ``min_rate`` bytes/s on average."""
+
+    def __init__(self, what: str, policy: RetryPolicy, size: int | None) -> None:
+        self.what, self.policy, self.size, self.start = what, policy, size, time.monotonic()
+
+    def check(self, got: int) -> None:
+        elapsed, p = time.monotonic() - self.start, self.policy
+        if elapsed > p.timeout_s + got / p.min_rate:
+            of = "" if self.size is None else f" of {self.size}"
+            raise TimeoutError(f"{self.what}: missed its deadline: {got}{of} bytes after {elapsed:.1f} s "
+                               f"(allowed: {p.timeout_s:g} s + 1 s per {p.min_rate:.0f} bytes); "
+                               "is the server stalled?")
+
+
+def _capped_blocks(resp: http.client.HTTPResponse, limit: int, clock: _Clock,
+                   too_large: str) -> Iterator[bytes]:
+    """The body of ``resp`` in blocks: ``limit`` bytes at most (reading stops at ``limit + 1``, which is
+    :class:`TooLarge`), the deadline checked after every read (each read waits one socket timeout at most)."""
+    announced = resp.length  # None when absent or invalid (http.client parses it)
+    if announced is not None and announced > limit:
+        raise TooLarge(f"{too_large} (Content-Length {announced})")
+    got = 0
+    while block := resp.read1(min(CHUNK, limit + 1 - got)):  # read1: what arrived; never waits for more
+        got += len(block)
+        if got > limit:
+            raise TooLarge(too_large)
+        clock.check(got)
+        yield block
+    if announced is not None and got < announced:  # read1 returns b"" on a dropped connection, no error
+        raise ConnectionError(f"connection dropped after {got} of {announced} bytes")
+
+
+def _download(url: str, tmp: Path, info: ShardInfo, policy: RetryPolicy) -> tuple[int, str]:
     """Fetch ``url`` into ``tmp``, resuming a partial ``tmp`` with a Range request.
 
-    Returns the file's size and SHA-256, hashed while writing (one pass over the bytes).
+    Returns the file's size and SHA-256, hashed while writing (one pass over the bytes). Never writes
+    more than ``info.bytes``; a longer body deletes ``tmp`` and raises :class:`TooLarge`.
     """
     have = tmp.stat().st_size if tmp.exists() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    clock = _Clock(url, policy, info.bytes - have)
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout_s)
+        resp = urllib.request.urlopen(req, timeout=policy.timeout_s)
     except urllib.error.HTTPError as e:
         if e.code == 416:  # our partial file is no prefix of theirs: start again
             tmp.unlink(missing_ok=True)
         raise
-    expected = int(resp.headers.get("Content-Length", -1))
     resumed = resp.status == 206
+    start = have if resumed else 0
     sha = hashlib.sha256()
     if resumed:
         with open(tmp, "rb") as f:
             while block := f.read(CHUNK):
                 sha.update(block)
-    got = 0
-    with resp, open(tmp, "ab" if resumed else "wb") as f:
-        while block := resp.read(CHUNK):
-            f.write(block)
-            sha.update(block)
-            got += len(block)
-        f.flush()
-        os.fsync(f.fileno())
-    if 0 <= got < expected:  # http.client's read(n) returns b"" on a dropped connection, no error
-        raise ConnectionError(f"connection dropped after {got} of {expected} bytes")
-    return (have if resumed else 0) + got, sha.hexdigest()
+    too_large = f"{url}: the server sent more than the manifest's {info.bytes} bytes for {info.name}"
+    try:
+        with resp, open(tmp, "ab" if resumed else "wb") as f:
+            for block in _capped_blocks(resp, info.bytes - start, clock, too_large):
+                f.write(block)
+                sha.update(block)
+                start += len(block)
+            f.flush()
+            os.fsync(f.fileno())
+    except TooLarge:
+        tmp.unlink(missing_ok=True)
+        raise
+    return start, sha.hexdigest()
 
 
-def fetch_bytes(url: str, *, policy: RetryPolicy | None = None) -> bytes:
-    """GET a small file (``manifest.json``, ``failures.jsonl``) with the same retries."""
-    policy = policy or DEFAULT_POLICY
+def _retrying(url: str, policy: RetryPolicy, attempt: Callable[[], T]) -> T:
+    """``attempt()`` until it succeeds: HTTP 4xx is final, network trouble and 5xx are retried."""
     problem = ""
-    for attempt in range(1, policy.attempts + 1):
+    for n in range(1, policy.attempts + 1):
         try:
-            with urllib.request.urlopen(url, timeout=policy.timeout_s) as resp:
-                return resp.read()
+            return attempt()
         except urllib.error.HTTPError as e:
             if e.code < 500:
                 raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from e
             problem = f"HTTP {e.code} {e.reason}"
         except _TRANSIENT as e:
             problem = f"{type(e).__name__}: {e}"
-        if attempt < policy.attempts:
-            time.sleep(policy.wait(attempt))
+        if n < policy.attempts:
+            time.sleep(policy.wait(n))
     raise FetchError(f"{url}: gave up after {policy.attempts} attempts; last problem: {problem}")
+
+
+def fetch_bytes(url: str, *, policy: RetryPolicy | None = None, max_bytes: int = MAX_SMALL_FILE) -> bytes:
+    """GET a small file (``manifest.json``, ``failures.jsonl``) with the same retries and deadline;
+    more than ``max_bytes`` is :class:`TooLarge`."""
+    policy = policy or DEFAULT_POLICY
+
+    def get() -> bytes:
+        clock = _Clock(url, policy, None)
+        with urllib.request.urlopen(url, timeout=policy.timeout_s) as resp:
+            return b"".join(_capped_blocks(resp, max_bytes, clock, f"{url}: the server sent more than "
+                                           f"{max_bytes} bytes, more than this file may have"))
+
+    return _retrying(url, policy, get)
+
+
+class _Body(io.RawIOBase):
+    """A response body as a raw stream, read through :func:`_capped_blocks`."""
+
+    def __init__(self, resp: http.client.HTTPResponse, blocks: Iterator[bytes]) -> None:
+        self._resp, self._blocks, self._rest = resp, blocks, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if not self._rest:
+            self._rest = memoryview(next(self._blocks, b""))
+        n = min(len(buf), len(self._rest))
+        buf[:n], self._rest = self._rest[:n], self._rest[n:]
+        return n
+
+    def close(self) -> None:
+        self._resp.close()
+        super().close()
+
+
+def open_http(url: str, size: int | None, *, policy: RetryPolicy | None = None) -> BinaryIO:
+    """Stream ``url`` without a cache: at most ``size`` bytes (the manifest's; ``None`` when unknown), a
+    socket timeout on every read and the deadline of :meth:`RetryPolicy.deadline` for the whole body.
+    Opening is retried like a download; the body is read once."""
+    policy = policy or DEFAULT_POLICY
+    clock = _Clock(url, policy, size)
+    resp = _retrying(url, policy, lambda: urllib.request.urlopen(url, timeout=policy.timeout_s))
+    limit = sys.maxsize if size is None else size
+    blocks = _capped_blocks(resp, limit, clock, f"{url}: the server sent more than the manifest's {size} "
+                            "bytes")
+    return io.BufferedReader(_Body(resp, blocks), CHUNK)

@@ -10,45 +10,66 @@ Batch layout (one dict per batch, all uint8 video; normalise to float on the dev
 - ``"valid"``: bool ``(B,)``; False for clips repeated to fill the rank's quota (see below), which an
   evaluation should not count.
 
-Epoch: ``ClipLoader.set_epoch(e)`` fixes the order, a pure function of (seed, epoch): shards are shuffled,
-the sample sequence is cut exactly across ranks and DataLoader workers (``split.py``: every sample read
-once per epoch), samples go through a shuffle buffer of ``shuffle_buffer`` encoded samples, each is decoded
-once into the frames of ``clips_per_sample`` clips (``decode.py``; with more than one, they go through a
-buffer of ``clip_buffer`` clips), and each batch is cropped, resized and converted straight into one of
-the worker's reused shared-memory slots, which the main process copies out of (into pinned memory when
-CUDA is available) and frees. ``len(loader)`` is the same on every rank: ``ceil(samples / world_size) *
-clips_per_sample`` clips per rank, batched (the last partial batch dropped with ``drop_last``). A rank
-that comes up short (one sample fewer in the split, or corrupt samples skipped) repeats clips it already
-made, marked ``valid=False``, so every rank yields exactly ``len(loader)`` batches.
+Epoch: ``ClipLoader.set_epoch(e)`` fixes the order, a pure function of (seed, epoch) (``split.py``): shards
+are shuffled, the sample sequence is cut exactly across ranks, DataLoader workers and batches (every
+sample read once per epoch), each worker's share is shuffled in blocks of ``shuffle_buffer`` encoded
+samples, each sample is decoded once into the frames of its ``clips_per_sample`` clips (``decode.py``,
+with a random generator of its own: the clips of a sample do not depend on who reads it), and each
+batch is cropped, resized and converted straight into one of the worker's reused shared-memory slots
+(``stream.py``). ``len(loader)`` is the same on every rank: ``ceil(samples / world_size) *
+clips_per_sample`` clips per rank, batched (the last partial batch dropped with ``drop_last``). A batch
+short of clips (a corrupt sample, or a rank one sample short) repeats clips it or the batch before made,
+marked ``valid=False``, so every rank yields exactly ``len(loader)`` batches of equal size.
 
-A corrupt sample (bytes that do not decode, a missing video member, an unreadable shard) is skipped,
-logged, and counted in ``loader.stats``; it never ends an epoch.
+Workers live across epochs: the loader keeps one DataLoader iterator and its workers go on to the next
+epoch by themselves, so many short epochs or a small evaluation set run at the steady rate. Leaving an
+epoch early (``break``) stops the workers; :meth:`ClipLoader.close` stops them for good.
+
+Resume: :meth:`ClipLoader.state_dict` is the epoch, the seed and the position in the epoch (the layouts
+it was read with and the batches consumed in each; ``samples`` consumed in the global order), checked
+against the shard set. After :meth:`ClipLoader.load_state_dict` the epoch goes on from there without
+reading or decoding a consumed sample: with the same ranks, workers and batch size exactly as it would
+have, with others (elastic) over the samples not yet consumed, so every sample is still seen exactly
+once in the epoch.
+
+A corrupt sample (bytes that do not decode, a missing video member, a sample missing from its shard, an
+unreadable shard) is skipped, logged, and counted in ``loader.stats``; it never ends an epoch.
 """
 
 from __future__ import annotations
 
-import functools
-import json
+import contextlib
+import hashlib
 import logging
 import os
-import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
-from .batches import SLOTS, LoaderStats, SlotRing, copy_out, rebatch
-from .decode import INTERPOLATIONS, crop_resize, decode_views
+from . import cache
+from .batches import SLOTS, LoaderStats, copy_out, pad_to, rebatch
+from .decode import INTERPOLATIONS
 from .location import ShardSource, resolve
-from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec, plan_sample
-from .split import Span, batches_per_epoch, rank_spans, samples_per_rank, unsized_spans, worker_spans
+from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec
+from .split import (
+    Layout,
+    batch_sizes,
+    batches_per_epoch,
+    even_sizes,
+    rank_batches,
+    remaining,
+    samples_per_rank,
+    size,
+)
+from .stream import Start, Stream
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
+STATE_VERSION = 1
+MIN_SAMPLE_BYTES = 1024  # one tar header block and one data block: no sample in a shard is smaller
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,14 +103,12 @@ class LoaderConfig:
     clips_per_sample: int = ClipSpec.clips_per_sample
     """Training: clips cut from each decoded sample (different offsets and crops), sharing its decode."""
     batch_size: int = 8
-    """Clips per batch."""
+    """Clips per batch (training: a multiple of ``clips_per_sample``; a sample's clips share a batch)."""
     workers: int = 2
     """DataLoader worker processes (0 decodes in the main process)."""
     shuffle_buffer: int = 256
-    """Training: encoded samples in the shuffle buffer before decoding (0 or 1 disables it)."""
-    clip_buffer: int = 16
-    """Training with clips_per_sample > 1: decoded clips in a second shuffle buffer, so the clips of one
-    sample spread out."""
+    """Training: encoded samples shuffled together, as consecutive blocks of this many samples of each
+    worker's share (0 or 1: stored order). Memory: one block of encoded samples per worker."""
     seed: int = 0
     """Seed of every random choice; the order is a pure function of (seed, epoch)."""
     drop_last: bool = True
@@ -101,6 +120,9 @@ class LoaderConfig:
     """swscale filter for the fused crop and resize: bilinear, area, bicubic or fast_bilinear."""
     cache_dir: str | None = None
     """Cache http(s) shards here (downloaded once, sha256-checked); None streams them."""
+    timeout_s: float = cache.RetryPolicy.timeout_s
+    """http(s) sources: seconds a connection or a read may stall; a shard's whole transfer must end within
+    timeout_s + its bytes / 256 KiB/s (a stalled or dripping server fails instead of hanging)."""
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -113,8 +135,13 @@ class LoaderConfig:
                      "spatial_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if min(self.workers, self.shuffle_buffer, self.clip_buffer, self.decoder_threads or 0) < 0:
-            raise ValueError("workers, shuffle_buffer, clip_buffer and decoder_threads must be >= 0")
+        if min(self.workers, self.shuffle_buffer, self.decoder_threads or 0) < 0:
+            raise ValueError("workers, shuffle_buffer and decoder_threads must be >= 0")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.batch_size % self.clips_per_batch_sample:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of clips_per_sample "
+                             f"({self.clips_per_sample}): the clips of a sample go into one batch")
         self.clip_spec()  # validates scale and ratio
 
     def threads(self) -> int:
@@ -123,6 +150,20 @@ class LoaderConfig:
             return self.decoder_threads
         return max(1, (os.cpu_count() or 1) // max(1, self.workers))
 
+    @property
+    def clips_per_batch_sample(self) -> int:
+        """Clips each sample puts into a batch (``clips_per_sample`` when training, else 1)."""
+        return self.clips_per_sample if self.train else 1
+
+    def layout(self, world: int, workers: int) -> Layout:
+        """How an epoch is cut for ``world`` ranks of ``workers`` DataLoader workers (``split.py``)."""
+        block = self.shuffle_buffer if self.train and self.shuffle_buffer > 1 else 1
+        return Layout(world, max(1, workers), self.batch_size // self.clips_per_batch_sample, block)
+
+    def order_epoch(self, epoch: int) -> int:
+        """The epoch the order and clips depend on: evaluation passes are all alike."""
+        return epoch if self.train else 0
+
     def clip_spec(self) -> ClipSpec:
         return ClipSpec(frames=self.frames, stride=self.stride, sampling=self.sampling, train=self.train,
                         scale=tuple(self.scale), ratio=tuple(self.ratio), flip=self.flip,
@@ -130,146 +171,19 @@ class LoaderConfig:
                         clips_per_sample=self.clips_per_sample if self.train else 1, short=self.short)
 
 
-def read_label(sample: dict[str, Any]) -> int:
-    """``KEY.cls`` as int, else the ``label`` of ``KEY.json``, else -1."""
-    if "cls" in sample:
-        return int(bytes(sample["cls"]).decode("ascii").strip())
-    if "json" in sample:
-        label = json.loads(sample["json"]).get("label")
-        return -1 if label is None else int(label)
-    return -1
-
-
-class _Report:
-    """Corrupt samples a worker skipped since its last batch."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def handler(self, exn: Exception) -> bool:
-        """webdataset exception handler: note the problem, keep going."""
-        self.items.append((str(exn.args[-1]) if exn.args else "shard", repr(exn)[:300]))
-        log.warning("skipping unreadable shard data: %r", exn)
-        return True
-
-    def drain(self) -> list[tuple[str, str]]:
-        items, self.items = self.items, []
-        return items
-
-
-class _EpochPipeline(IterableDataset):
-    """One rank's epoch as a webdataset pipeline; built inside each DataLoader worker."""
-
-    def __init__(self, cfg: LoaderConfig, source: ShardSource, epoch: int, rank: int, world: int,
-                 busy: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.cfg, self.source, self.epoch, self.rank, self.world = cfg, source, epoch, rank, world
-        self.busy = busy
-
-    def _spans(self, worker: int, workers: int) -> list[Span]:
-        counts, cfg = self.source.counts, self.cfg
-        if counts is None:
-            return unsized_spans(len(self.source.urls), cfg.seed, self.epoch, self.rank * workers + worker,
-                                 self.world * workers, shuffle=cfg.train)
-        spans = rank_spans(counts, cfg.seed, self.epoch, self.rank, self.world, shuffle=cfg.train)
-        return worker_spans(spans, worker, workers)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        cfg, report = self.cfg, _Report()
-        rng = random.Random(f"vidshard-clips-{cfg.seed}-{self.epoch}-{self.rank}-{worker}")
-        shuffle, spec_k = cfg.train, cfg.clip_spec().clips_per_sample
-        spans = self._spans(worker, workers)
-        ring = SlotRing(self.busy, worker) if info is not None and self.busy is not None else None
-        stages = [
-            lambda: iter([{"span": s} for s in spans]),
-            lambda src: _read_spans(src, self.source, report),
-            wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64), rng=rng)
-            if shuffle and cfg.shuffle_buffer > 1 else None,
-            lambda src: _decode_clips(src, cfg, rng, report),
-            # Clips of one sample are spread by a buffer of decoded clips; with one clip per sample the
-            # sample buffer already did the shuffling, and filling this one would only delay the first batch.
-            wds.shuffle(cfg.clip_buffer, initial=min(cfg.clip_buffer, 2 * spec_k), rng=rng)
-            if shuffle and cfg.clip_buffer > 1 and spec_k > 1 else None,
-            wds.batched(cfg.batch_size, partial=True,
-                        collation_fn=functools.partial(_collate, cfg=cfg, report=report, ring=ring)),
-            lambda src: _attach_reports(src, report),
-        ]
-        return iter(wds.DataPipeline(*stages))
-
-
-def _read_spans(src: Iterator[dict], source: ShardSource, report: _Report) -> Iterator[dict[str, Any]]:
-    """Samples of each span: webdataset reads the shard, we keep samples ``start`` to ``stop``."""
-    for item in src:
-        span: Span = item["span"]
-        try:
-            url = source.open_url(span.shard)
-        except Exception as exn:  # a shard that cannot be fetched: its samples count as skipped
-            report.handler(exn)
-            continue
-        samples = wds.tarfile_to_samples(handler=report.handler)(iter([{"url": url}]))
-        for i, sample in enumerate(samples):
-            if span.stop is not None and i >= span.stop:
-                break  # stop reading: the rest of the shard belongs to another reader
-            if i >= span.start:
-                yield sample
-
-
-def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
-                  report: _Report) -> Iterator[dict[str, Any]]:
-    """Decode each sample once into its clips' frames; a sample that fails is reported and skipped.
-
-    Frames are converted (crop, resize, RGB) only in :func:`_collate`, straight into the batch.
-    """
-    spec = cfg.clip_spec()
-    for sample in src:
-        key = sample.get("__key__", "?")
-        try:
-            ext = next((e for e in VIDEO_EXTS if e in sample), None)
-            if ext is None:
-                raise ValueError(f"no video member (one of {VIDEO_EXTS})")
-            label = read_label(sample)
-            clips = decode_views(sample[ext], lambda n, w, h: plan_sample(n, w, h, spec, rng), cfg.threads())
-        except Exception as exn:  # any failure of one sample must not end the epoch
-            log.warning("skipping corrupt sample %s in %s: %s", key, sample.get("__url__", "?"), exn)
-            report.items.append((key, f"{type(exn).__name__}: {exn}"[:300]))
-            continue
-        for views in clips:
-            yield {"views": views, "label": label, "key": key}
-
-
-def _collate(clips: list[dict[str, Any]], cfg: LoaderConfig, report: _Report,
-             ring: SlotRing | None = None) -> dict[str, Any]:
-    """Crop, resize and convert every clip's frames straight into the batch tensor."""
-    views = len(clips[0]["views"])
-    clip = (3, cfg.frames, cfg.size, cfg.size)  # (C, T, H, W)
-    shape = (len(clips), *clip) if cfg.train else (len(clips), views, *clip)  # (B, [V,] C, T, H, W)
-    batch: dict[str, Any] = {}
-    if ring is None:
-        video = torch.empty(shape, dtype=torch.uint8)
-    else:  # in a worker: a reused shared buffer, so sending the batch copies and allocates nothing
-        batch["slot"], video = ring.take(shape)
-    out, valid = video.numpy(), torch.ones(len(clips), dtype=torch.bool)
-    for i, c in enumerate(clips):
-        try:
-            for v, (plan, frames) in enumerate(c["views"]):
-                crop_resize(frames, plan.box, cfg.size, plan.flip, cfg.interpolation,
-                            out=out[i] if cfg.train else out[i, v])
-        except Exception as exn:  # a clip that will not convert: reported, kept as an invalid blank
-            log.warning("skipping clip of %s: %s", c["key"], exn)
-            report.items.append((c["key"], f"{type(exn).__name__}: {exn}"[:300]))
-            out[i], valid[i] = 0, False
-    return batch | {"video": video, "label": torch.tensor([c["label"] for c in clips], dtype=torch.int64),
-                    "key": [c["key"] for c in clips], "valid": valid}
-
-
-def _attach_reports(src: Iterator[dict], report: _Report) -> Iterator[dict[str, Any]]:
-    for batch in src:
-        batch["skipped"] = report.drain()
-        yield batch
-    if report.items:  # problems after the last batch still reach the main process
-        yield {"skipped": report.drain()}
+def check_claims(source: ShardSource) -> None:
+    """Refuse a manifest that claims more samples than a shard's bytes can hold (``MIN_SAMPLE_BYTES``
+    each), checked against the manifest's byte count and, for a local shard, the bytes on disk: the
+    batch count of an epoch and its padding grow with the claim."""
+    for url, info in zip(source.urls, source.infos or [], strict=False):
+        present = info.bytes
+        if "://" not in url and not url.startswith("pipe:"):  # a local shard: the bytes really there
+            with contextlib.suppress(OSError):  # a missing shard is reported when it is read
+                present = min(present, os.path.getsize(url))
+        if info.samples > present // MIN_SAMPLE_BYTES:
+            raise ValueError(f"{source.base}: manifest entry {info.name} claims {info.samples} samples in "
+                             f"{present} bytes, more than {present // MIN_SAMPLE_BYTES} can fit; the "
+                             "manifest or the shard is damaged (run `vidshard verify` on the set)")
 
 
 def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -282,11 +196,36 @@ def _dist_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank or 0, world_size or 1
 
 
+def shard_set_id(source: ShardSource) -> str | None:
+    """A fingerprint of the shard set (names, counts, hashes); None without a manifest."""
+    if source.infos is None:
+        return None
+    text = "\n".join(f"{i.name} {i.samples} {i.sha256}" for i in source.infos)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Live:
+    """The long-lived DataLoader iterator, its batches copied out, and the start of its next batch."""
+
+    workers: Iterator[dict[str, Any]]
+    batches: Iterator[dict[str, Any]]
+    layout: Layout
+    next: Start
+
+    def close(self) -> None:
+        self.batches.close()
+        shutdown = getattr(self.workers, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 class ClipLoader:
     """Batches of clips from a shard set for one rank (see the module docstring for the layout).
 
     ``rank`` and ``world_size`` default to torch.distributed's when it is initialized, else 0 and 1.
-    Call :meth:`set_epoch` before each epoch; iterating yields exactly ``len(self)`` batches.
+    Call :meth:`set_epoch` before each epoch; iterating yields the epoch's batches (``len(self)`` for a
+    whole epoch, the rest of it after :meth:`load_state_dict`).
     """
 
     def __init__(self, cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None) -> None:
@@ -294,9 +233,17 @@ class ClipLoader:
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} not in [0, {self.world_size})")
-        self.source = resolve(cfg.source, cfg.cache_dir)
-        self.epoch = 0
+        policy = replace(cache.DEFAULT_POLICY, timeout_s=cfg.timeout_s)
+        self.source = resolve(cfg.source, cfg.cache_dir, policy=policy)
+        check_claims(self.source)
         self.stats = LoaderStats()
+        self.epoch = 0
+        self._history: tuple[Layout, ...] = ()  # segments of this epoch read before the current one
+        self._layout: Layout | None = None  # the current segment's layout (None: not started)
+        self._step = 0  # batches of the current segment consumed
+        self._done = False  # this epoch was read to its end
+        self._live: _Live | None = None
+        self._skip = 0  # without counts: batches of this epoch to read again and drop (a resume)
 
     @property
     def classes(self) -> list[str] | None:
@@ -315,39 +262,208 @@ class ClipLoader:
 
     @property
     def clip_quota(self) -> int | None:
-        """Clips this rank yields per epoch (the same on every rank)."""
+        """Clips this rank yields per whole epoch (the same on every rank)."""
         total = self.num_samples
         if total is None:
             return None
-        return samples_per_rank(total, self.world_size) * self.cfg.clip_spec().clips_per_sample
+        return samples_per_rank(total, self.world_size) * self.cfg.clips_per_batch_sample
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Read ``epoch`` next (from its start, unless a loaded state stopped inside it)."""
+        if epoch != self.epoch or self._done:
+            self.epoch, self._history, self._layout, self._step, self._done = epoch, (), None, 0, False
 
     def __len__(self) -> int:
         total = self.num_samples
         if total is None:
             raise TypeError(f"{self.cfg.source}: batches per epoch need the manifest's sample counts; "
                             "open the shard set by folder or manifest.json instead of a pattern/pipe:")
-        return batches_per_epoch(total, self.world_size, self.cfg.clip_spec().clips_per_sample,
+        return batches_per_epoch(total, self.world_size, self.cfg.clips_per_batch_sample,
                                  self.cfg.batch_size, self.cfg.drop_last)
 
+    # -- resume -------------------------------------------------------------------------------------
+
+    def _segments(self) -> list[Layout]:
+        current = [] if self._layout is None or not self._step else [replace(self._layout, steps=self._step)]
+        return [*self._history, *current]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this rank is: the same on every rank after the same number of steps (save it from one).
+
+        ``samples`` (consumed in the epoch's global order) is derived from ``segments``; a shard set
+        without counts keeps only ``batches`` (its resume reads those batches again to skip them)."""
+        cfg, counts = self.cfg, self.source.counts
+        state = {"version": STATE_VERSION, "seed": cfg.seed, "train": cfg.train, "drop_last": cfg.drop_last,
+                 "set": shard_set_id(self.source), "epoch": self.epoch + self._done, "segments": [],
+                 "samples": 0, "batches": 0 if self._done or counts is not None else self._step}
+        if not self._done:
+            state["segments"] = [s.to_dict() for s in self._segments()]
+            if counts is not None:
+                left = remaining(counts, cfg.seed, cfg.order_epoch(self.epoch), cfg.train, self._segments(),
+                                 cfg.drop_last)
+                state["samples"] = sum(counts) - size(left)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from ``state`` (refusing one that cannot continue here, with the reason)."""
+        why = _refusal(state, self.cfg, shard_set_id(self.source))
+        if why:
+            raise ValueError(f"cannot resume the loader: {why}")
+        self._close_live()
+        self.epoch, self._done, self._step, self._layout = int(state["epoch"]), False, 0, None
+        self._history = tuple(Layout(**s) for s in state["segments"])
+        self._skip = int(state.get("batches", 0))
+        if self.source.counts is not None:
+            try:  # steps a layout cannot have run mean the state belongs to other data
+                remaining(self.source.counts, self.cfg.seed, self.cfg.order_epoch(self.epoch), self.cfg.train,
+                          list(self._history), self.cfg.drop_last)
+            except (ValueError, IndexError) as exn:
+                raise ValueError(f"cannot resume the loader: its position does not fit this shard set ({exn})"
+                                 ) from None
+        if self._history and self._history[-1] == replace(self._layout_here(), steps=self._history[-1].steps):
+            self._layout, self._step, self._history = self._layout_here(), self._history[-1].steps, \
+                self._history[:-1]  # the same layout: continue its segment exactly
+
+    def _layout_here(self) -> Layout:
+        return self.cfg.layout(self.world_size, self.cfg.workers)
+
+    # -- iteration ----------------------------------------------------------------------------------
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.source.counts is None:
+            yield from self._unsized()
+            return
+        if self._done:  # read again: the same epoch from its start
+            self.set_epoch(self.epoch)
+        here = self._layout_here()
+        if self._layout is not None and self._layout != here:
+            self._history, self._step = tuple(self._segments()), 0
+        self._layout = here
+        start = Start(self.cfg.order_epoch(self.epoch), self._history, self._step)
+        total = size(remaining(self.source.counts, self.cfg.seed, start.epoch, self.cfg.train,
+                               list(start.history), self.cfg.drop_last))
+        batches = rank_batches(total, self.world_size, here.per_batch, self.cfg.drop_last)
+        yield from self._run(start, batches, total)
+
+    def _run(self, start: Start, batches: int, total: int) -> Iterator[dict[str, Any]]:
+        targets = batch_sizes(even_sizes(total, self.world_size)[0], self._layout.per_batch, batches)
+        self.stats = LoaderStats(epoch=self.epoch)
+        live = self._live_for(start) if start.step < batches else None
+        recent, finished = None, False
+        try:
+            for j in range(start.step, batches):
+                piece = next(live.batches)
+                if piece.get("index") != j:
+                    raise RuntimeError(f"loader out of step: batch {piece.get('index')} where {j} was due")
+                batch = self._deliver(piece, targets[j] * self.cfg.clips_per_batch_sample, recent)
+                recent, self._step = batch, j + 1
+                yield batch
+            finished = True
+            if batches and not self.stats.valid:
+                st = self.stats
+                raise RuntimeError(f"no clip could be decoded on rank {self.rank} in this epoch: every "
+                                   f"sample failed ({st.skipped} skipped, {st.missing} missing, "
+                                   f"first: {(st.skipped_keys + st.shortfalls)[:3]})")
+        finally:
+            if finished:
+                self._done = True
+                if live is not None:  # its workers have gone on to the next epoch by themselves
+                    live.next = Start(self.cfg.order_epoch(self.epoch + 1))
+            else:  # left early: its workers are ahead of the consumer; stop them
+                self._close_live()
+        self._report()
+
+    def _deliver(self, piece: dict[str, Any], target: int, recent: dict[str, Any] | None) -> dict[str, Any]:
+        self.stats.add_skipped(piece.pop("skipped", []))
+        self.stats.add_missing(piece.pop("missing", []))
+        self.stats.decoded += piece.pop("decoded", 0)
+        for k in ("epoch", "index", "target"):
+            piece.pop(k, None)
+        batch = pad_to(piece, target, recent, self.stats)
+        self.stats.batches += 1
+        self.stats.clips += len(batch["key"])
+        self.stats.valid += int(batch["valid"].sum())
+        if torch.cuda.is_available() and not batch["video"].is_pinned():
+            batch["video"] = batch["video"].pin_memory()
+        return batch
+
+    def _live_for(self, start: Start) -> _Live:
+        live = self._live
+        if live is None or live.next != start or live.layout != self._layout:
+            self._close_live()
+            cfg = self.cfg
+            busy = torch.zeros((max(1, cfg.workers), SLOTS), dtype=torch.uint8).share_memory_()
+            stream = Stream(cfg, self.source, self.rank, self.world_size, start, busy)
+            loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers,
+                                prefetch_factor=2 if cfg.workers else None)
+            workers = iter(loader)
+            live = self._live = _Live(workers, copy_out(workers, busy, torch.cuda.is_available()),
+                                      self._layout, start)
+        return live
+
+    def _close_live(self) -> None:
+        if self._live is not None:
+            self._live.close()
+            self._live = None
+
+    def close(self) -> None:
+        """Stop the worker processes now (they also stop when the loader is garbage collected)."""
+        self._close_live()
+
+    def _unsized(self) -> Iterator[dict[str, Any]]:
+        """Without counts: one DataLoader per epoch, whole shards round-robin, batches merged."""
         cfg = self.cfg
         self.stats = LoaderStats(epoch=self.epoch)
         busy = torch.zeros((max(1, cfg.workers), SLOTS), dtype=torch.uint8).share_memory_()
-        pipeline = _EpochPipeline(cfg, self.source, self.epoch, self.rank, self.world_size, busy)
-        pin = torch.cuda.is_available()
-        loader = DataLoader(pipeline, batch_size=None, num_workers=cfg.workers,
+        stream = Stream(cfg, self.source, self.rank, self.world_size, Start(self.epoch), busy)
+        loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers,
                             prefetch_factor=2 if cfg.workers else None)
-        pieces = copy_out(iter(loader), busy, pin)
-        for batch in rebatch(pieces, cfg.batch_size, self.clip_quota, cfg.drop_last, self.stats):
+        pieces = copy_out(iter(loader), busy, torch.cuda.is_available())
+        skip, self._skip, self._step, self._done = self._skip, 0, 0, False
+        for batch in rebatch(_count_decoded(pieces, self.stats), cfg.batch_size, None, cfg.drop_last,
+                             self.stats):
+            self._step += 1
+            if self._step <= skip:
+                continue
             self.stats.batches += 1
             self.stats.clips += len(batch["key"])
-            if pin and not batch["video"].is_pinned():  # merged from pieces, or decoded in this process
-                batch["video"] = batch["video"].pin_memory()
             yield batch
+        self._done = True
+        self._report()
+
+    def _report(self) -> None:
         if self.stats.skipped:
             log.warning("epoch %d, rank %d: skipped %d corrupt samples (first: %s)", self.epoch, self.rank,
                         self.stats.skipped, self.stats.skipped_keys[:3])
+        if self.stats.missing:
+            log.warning("epoch %d, rank %d: %d samples the manifest lists were not read (%s); "
+                        "run `vidshard verify` on the set", self.epoch, self.rank, self.stats.missing,
+                        self.stats.shortfalls[:3])
 
+
+def _count_decoded(pieces: Iterator[dict[str, Any]], stats: LoaderStats) -> Iterator[dict[str, Any]]:
+    for piece in pieces:
+        stats.decoded += piece.pop("decoded", 0)
+        yield piece
+
+
+def _refusal(state: dict[str, Any], cfg: LoaderConfig, set_id: str | None) -> str | None:
+    """Why ``state`` cannot continue with ``cfg`` on this shard set (None: it can)."""
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        return f"unknown loader state (version {state.get('version') if isinstance(state, dict) else '?'})"
+    if state.get("set") != set_id:
+        return ("it was saved reading another shard set (its shard names, counts or hashes differ); "
+                "resume with the same data, or start a new run")
+    if state.get("seed") != cfg.seed:
+        return f"it was saved with seed {state.get('seed')}, this run has seed {cfg.seed}; the order differs"
+    if state.get("train") != cfg.train or state.get("drop_last") != cfg.drop_last:
+        return "it was saved by a training (or evaluation) loader with other drop_last; not this one"
+    if set_id is None and state.get("segments"):
+        return "a position inside an epoch needs the manifest's sample counts (a pattern/pipe: has none)"
+    try:
+        for s in state["segments"]:
+            Layout(**s)
+        int(state["epoch"])
+    except (KeyError, TypeError, ValueError) as exn:
+        return f"malformed loader state ({exn})"
+    return None

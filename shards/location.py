@@ -11,17 +11,22 @@ Accepted, as webdataset users expect:
 - a ``pipe:`` command (``pipe:curl -s http://h/train-{000000..000003}.tar``), opened by webdataset.
 
 With a ``cache_dir``, shards of an ``http(s)`` source are downloaded once into the cache and checked
-against the manifest's sha256 (:func:`vidshard.shards.cache.fetch_shard`) when they are opened.
+against the manifest's sha256 (:func:`vidshard.shards.cache.fetch_shard`) when they are opened; without
+one they are streamed (:func:`vidshard.shards.cache.open_http`). Either way the bytes read are capped at
+the manifest's size and every transfer has a deadline (``policy``).
 """
 
 from __future__ import annotations
 
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
+from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
 
+from .cache import RetryPolicy
 from .schema import MANIFEST, Manifest, ManifestError, ShardInfo, check_shard_name, parse_shard_name
 
 
@@ -39,6 +44,8 @@ class ShardSource:
     """Folder or URL prefix the shards live under (``""`` for ``pipe:``)."""
     cache_dir: Path | None = None
     """Where http(s) shards are cached; ``None`` streams them directly."""
+    policy: RetryPolicy | None = None
+    """Retries, timeout and deadline of http(s) transfers (``None``: the cache's default)."""
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -61,19 +68,30 @@ class ShardSource:
         if self.cache_dir is not None and _is_http(url) and self.infos is not None:
             from .cache import fetch_shard  # lazy: only remote sources need it
 
-            return str(fetch_shard(url, self.infos[index], Path(self.cache_dir)))
+            return str(fetch_shard(url, self.infos[index], Path(self.cache_dir), policy=self.policy))
         return url
+
+    def open(self, index: int) -> BinaryIO:
+        """Shard ``index`` as a stream: the cached copy, an http(s) stream capped at the manifest's bytes
+        with a deadline (no cache), a local file, or the user's own ``pipe:`` command (webdataset's gopen)."""
+        url = self.open_url(index)
+        if _is_http(url):
+            from .cache import open_http
+
+            size = None if self.infos is None else self.infos[index].bytes
+            return open_http(url, size, policy=self.policy)
+        return gopen(url) if url.startswith("pipe:") else open(url, "rb")  # noqa: SIM115 (the caller closes it)
 
 
 def _is_http(s: str) -> bool:
     return s.startswith(("http://", "https://"))
 
 
-def _fetch_manifest(url: str) -> Manifest:
+def _fetch_manifest(url: str, policy: RetryPolicy | None = None) -> Manifest:
     from .cache import fetch_bytes  # retries dropped connections
 
     try:
-        return Manifest.from_json(fetch_bytes(url), url)
+        return Manifest.from_json(fetch_bytes(url, policy=policy), url)
     except ManifestError:
         raise  # it was read: the manifest itself is bad, and the error names the entry
     except Exception as exn:
@@ -149,9 +167,14 @@ def _from_folder(folder: Path, cache_dir: Path | None) -> ShardSource:
                        cache_dir=cache_dir)
 
 
-def resolve(location: str | Path, cache_dir: str | Path | None = None) -> ShardSource:
-    """Resolve a shard-set location (see the module docstring) into a :class:`ShardSource`."""
-    loc = str(location)
+def resolve(location: str | Path, cache_dir: str | Path | None = None, *,
+            policy: RetryPolicy | None = None) -> ShardSource:
+    """Resolve a shard-set location (see the module docstring) into a :class:`ShardSource`; ``policy``
+    governs its http(s) transfers."""
+    return replace(_resolve(str(location), cache_dir, policy), policy=policy)
+
+
+def _resolve(loc: str, cache_dir: str | Path | None, policy: RetryPolicy | None) -> ShardSource:
     cache = Path(cache_dir) if cache_dir is not None else None
     if loc.startswith("pipe:"):
         return ShardSource(manifest=None, urls=expand_urls(loc), infos=None, base="", cache_dir=cache)
@@ -161,9 +184,9 @@ def resolve(location: str | Path, cache_dir: str | Path | None = None) -> ShardS
         if "{" in loc or loc.endswith(".tar"):
             return _from_pattern(loc, cache)
         if loc.endswith(".json"):
-            return _from_manifest(_fetch_manifest(loc), _parent(loc), cache)
+            return _from_manifest(_fetch_manifest(loc, policy), _parent(loc), cache)
         base = loc if loc.endswith("/") else loc + "/"
-        return _from_manifest(_fetch_manifest(base + MANIFEST), base, cache)
+        return _from_manifest(_fetch_manifest(base + MANIFEST, policy), base, cache)
     if "{" in loc:
         return _from_pattern(loc, cache)
     path = Path(loc).expanduser()

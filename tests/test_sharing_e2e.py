@@ -57,7 +57,7 @@ def served(tiny_shardset, tmp_path) -> Iterator[tuple[Path, str, Path]]:
 
 def epoch_keys(url: str, cache_dir: Path, epoch: int = 0) -> tuple[list[str], ClipLoader]:
     cfg = LoaderConfig(source=url, cache_dir=str(cache_dir), frames=4, stride=1, size=32, batch_size=6,
-                       workers=0, shuffle_buffer=0, clip_buffer=0, drop_last=False)
+                       workers=0, shuffle_buffer=0, drop_last=False)
     loader = ClipLoader(cfg, rank=0, world_size=1)
     loader.set_epoch(epoch)
     keys = []

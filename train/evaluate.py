@@ -73,10 +73,10 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Mo
     """Rebuild the trained model from a checkpoint alone (objective + config stored in it)."""
     from .objectives import get_objective
 
-    ckpt = load_checkpoint(path, map_location=device)
+    ckpt = load_checkpoint(path, skip=("optimizer", "rng"))  # on the CPU, without what eval does not use
     cfg = TrainConfig.from_dict(ckpt["config"])
     model = get_objective(ckpt["objective"]).build_model(cfg, ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.pop("model"))
     return model.to(device), cfg, ckpt
 
 

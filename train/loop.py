@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..shards.schema import atomic_write
 from . import distributed
@@ -32,12 +31,14 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
-from .data import normalize, train_loader, val_loader_for
+from .data import train_loader, val_loader_for
 from .distributed import DistInfo
 from .evaluate import evaluate_model
-from .metrics import Meter, RunLog, progress_bar, truncate_metrics
+from .metrics import Meter, RunLog, check_finite, progress_bar, truncate_metrics
+from .model import flash_attn_problem, flash_attn_usable
 from .objectives import Objective, get_objective
 from .optim import build_optimizer, lr_at, set_lr
+from .prefetch import Prefetcher, device_batch
 
 
 @dataclass(frozen=True)
@@ -61,22 +62,24 @@ def seed_everything(seed: int) -> None:
 
 
 def train_step(model: nn.Module, objective: Objective, batch: dict[str, Any],
-               optimizer: torch.optim.Optimizer, *, lr: float, clip_grad: float, device: torch.device,
-               amp: bool) -> dict[str, float]:
-    """One optimizer step on one batch: normalise on the device, forward under bf16 autocast on CUDA,
-    backward, clip, step. Returns loss, lr, grad_norm and the objective's own metrics."""
-    video = normalize(batch["video"], device)  # (B, C, T, H, W) float32
-    labels = batch["label"].to(device, non_blocking=True)  # (B,)
+               optimizer: torch.optim.Optimizer, *, lr: float, clip_grad: float, amp: bool
+               ) -> dict[str, Tensor]:
+    """One optimizer step on one device batch (:func:`~vidshard.train.prefetch.device_batch`): forward
+    under bf16 autocast on CUDA, backward, clip, step.
+
+    Returns 0-dim device tensors (loss, grad_norm and the objective's metrics) without waiting for the
+    GPU: nothing here reads a value back to the host. A non-finite loss shows in ``grad_norm``, which is
+    the same on every rank after DDP's all-reduce; the loop checks it when it logs.
+    """
+    device = batch["video"].device
     set_lr(optimizer, lr)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-        loss, metrics = objective.loss(model, video, labels)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss.item()}; try a lower --lr or a longer warm-up")
+        loss, metrics = objective.loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad if clip_grad > 0 else math.inf)
     optimizer.step()
-    return {"loss": loss.item(), "lr": lr, "grad_norm": float(norm), **metrics}
+    return {"loss": loss.detach(), "grad_norm": norm.detach(), **{k: v.detach() for k, v in metrics.items()}}
 
 
 @dataclass
@@ -99,7 +102,7 @@ class _Run:
 
 
 def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
     run_dir = Path(cfg.out)
     loader = train_loader(cfg, info.rank, info.world_size)
     classes = list(loader.classes) if loader.classes else None
@@ -108,13 +111,18 @@ def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
     if cfg.init_from:
         load_encoder(getattr(model, "encoder", model), cfg.init_from)
     model.to(info.device)
-    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    seed_everything(cfg.seed + info.rank)  # from here on each rank draws its own masks and drop paths
+    betas = (0.9, cfg.beta2 if cfg.beta2 is not None else getattr(objective, "beta2", 0.999))
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas,
                                 layer_decay=cfg.layer_decay, device=info.device)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * len(loader)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * total)
     run = _Run(cfg, info, run_dir, objective, model, model, optimizer, loader, classes, total, warmup)
     if cfg.resume:
         _resume(run)
+    if info.device.type == "cuda" and info.is_main:
+        print(f"attention: {'flash-attn' if flash_attn_usable() else 'SDPA'} for attn_impl={cfg.attn_impl!r}"
+              f" ({flash_attn_problem() or 'usable'})")
     run.wrapped = distributed.wrap(model, info, cfg.compile)
     if info.is_main:
         atomic_write(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
@@ -127,7 +135,7 @@ def _resume(run: _Run) -> None:
         if run.info.is_main:
             print(f"--resume: no checkpoint in {run.run_dir / 'checkpoints'} yet, starting from step 0")
         return
-    ckpt = load_checkpoint(path, map_location=run.info.device)
+    ckpt = load_checkpoint(path)  # on the CPU: load_state_dict moves model and optimizer state to the device
     if ckpt["objective"] != run.cfg.objective or ckpt["config"]["model"] != run.cfg.model:
         raise ValueError(f"{path}: was written by a {ckpt['config']['model']} {ckpt['objective']} run; "
                          "resume with the same --model and --objective, or use another --out")
@@ -174,13 +182,16 @@ def _validate(run: _Run, val_loader: Any) -> dict[str, Any] | None:
 def _validation_loss(run: _Run, val_loader: Any) -> dict[str, float]:
     """Mean objective loss over the validation clips (first view of each sample)."""
     run.model.eval()
-    total, clips = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=run.info.device)
+    clips = torch.zeros((), dtype=torch.int64, device=run.info.device)
     for batch in val_loader:
-        video = normalize(batch["video"][:, 0], run.info.device)  # (B, V, C, T, H, W) -> (B, C, T, H, W)
-        labels = batch["label"].to(run.info.device)
-        loss, _ = run.objective.loss(run.model, video, labels)
-        total, clips = total + loss.item() * len(labels), clips + len(labels)
-    return {"loss": total / max(clips, 1), "clips": clips}
+        first_view = {**batch, "video": batch["video"][:, 0]}  # (B, V, C, T, H, W) -> (B, C, T, H, W)
+        dev = device_batch(first_view, run.info.device)
+        loss, _ = run.objective.loss(run.model, dev)  # mean over the batch's valid clips
+        n = dev["valid"].sum()
+        total, clips = total + loss.double() * n, clips + n
+    n = int(clips.item())
+    return {"loss": total.item() / max(n, 1), "clips": n}
 
 
 def _batches(run: _Run):
@@ -234,33 +245,33 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
     with bar:
         task = bar.add_task("train", total=run.total, completed=run.step, loss=float("nan"),
                             clips_per_s=0.0, data_wait=0.0)
-        batches = _batches(run)
-        t0 = time.perf_counter()
+        batches = Prefetcher(_batches(run), info.device)  # the next batch goes to the device during a step
         while run.step < stop_at:
             epoch, batch = next(batches)
-            t1 = time.perf_counter()
             lr = lr_at(run.step, total=run.total, base_lr=cfg.lr, warmup=run.warmup, min_lr=cfg.min_lr)
             m = train_step(run.wrapped, run.objective, batch, run.optimizer, lr=lr, clip_grad=cfg.clip_grad,
-                           device=info.device, amp=cfg.amp)
+                           amp=cfg.amp)
             run.step += 1
-            t2 = time.perf_counter()
-            meter.add(wait_s=t1 - t0, step_s=t2 - t1, clips=len(batch["label"]), values=m)
-            t0 = t2
-            # -- every log_every steps: metrics.jsonl, TensorBoard, progress bar
+            meter.add(wait_s=batches.take_wait(), clips=len(batch["label"]), values=m)
+            # -- every log_every steps: metrics.jsonl, TensorBoard, progress bar (the one host sync)
             if run.step % cfg.log_every == 0 or run.step == stop_at:
                 summary = distributed.mean_across(meter.summary(info.world_size), info)
+                check_finite(summary, run.step)
                 summary["lr"], summary["epoch"] = lr, epoch
                 log.write(run.step, summary)
                 bar.update(task, completed=run.step, loss=summary["loss"],
                            clips_per_s=summary["clips_per_s"], data_wait=summary["data_wait"])
                 meter.reset()
-            # -- every eval_every steps: validation
-            if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.total and (
-                    v := _validate(run, val_loader)) is not None:
-                log.write(run.step, _scalars(v), prefix="val")
-            # -- every ckpt_every steps, and where this invocation stops: checkpoint
+            # -- every eval_every steps: validation (its time is not counted in the throughput)
+            if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.total:
+                with meter.paused():
+                    if (v := _validate(run, val_loader)) is not None:
+                        log.write(run.step, _scalars(v), prefix="val")
+            # -- every ckpt_every steps, and where this invocation stops: checkpoint (never of NaN weights)
             if run.step % cfg.ckpt_every == 0 or run.step == stop_at:
-                ckpt = _save(run) or ckpt
+                with meter.paused():
+                    check_finite(meter.summary(), run.step)
+                    ckpt = _save(run) or ckpt
     if run.step == run.total and (val := _validate(run, val_loader)) is not None:
         log.write(run.step, _scalars(val), prefix="val")
         if info.is_main:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 from vidshard.benchmarks.preprocess import BenchConfig, bench_preprocess
@@ -21,8 +22,9 @@ def test_help_documents_every_option() -> None:
     text = runner.invoke(app, ["preprocess", "--help"], terminal_width=200).output
     for opt in ("--chunk-seconds", "--min-chunk-seconds", "--short-side", "--fps", "--crf", "--gop",
                 "--keep-audio", "--labels-from-dirs", "--shard-size", "--workers", "--part", "--quiet",
-                "--dry-run", "--strict", "--retry-failed", "--split-at-scenes", "--scene-threshold",
-                "--min-shot-seconds"):
+                "--dry-run", "--strict", "--retry-failed", "--tune", "--split-at-scenes", "--scene-threshold",
+                "--min-shot-seconds", "--watch", "--settle-seconds", "--flush-seconds", "--poll",
+                "--poll-seconds"):
         assert opt in text, opt
     assert "bench" in runner.invoke(app, ["--help"]).output
     assert "--json" in runner.invoke(app, ["bench", "preprocess", "--help"], terminal_width=200).output
@@ -102,3 +104,61 @@ def test_gop_sweep_rows() -> None:
     assert [r["gop"] for r in rows] == [4, 64]
     assert rows[0]["kbytes_per_s"] > rows[1]["kbytes_per_s"] > 0  # more keyframes cost bytes
     assert all(r["clips_per_s"] > 0 for r in rows)
+
+
+def test_manifest_records_tune_and_an_old_manifest_without_it_means_no_tune(tmp_path: Path,
+                                                                             make_video) -> None:
+    make_video("in/a.mp4", seconds=1.0)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    assert Manifest.load(out).settings["tune"] == "fastdecode"  # the default
+    # A set made before --tune existed: its manifest has no "tune", and it was encoded without one.
+    raw = json.loads((out / "manifest.json").read_text())
+    del raw["settings"]["tune"]
+    (out / "manifest.json").write_text(json.dumps(raw))
+    make_video("in/b.mp4", seconds=1.0)
+    mixed = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST])
+    assert mixed.exit_code == 2 and "tune None -> 'fastdecode'" in mixed.output
+    same = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST, "--tune", "none"])
+    assert same.exit_code == 0, same.output
+    assert Manifest.load(out).totals["videos"] == 2
+
+
+def test_encode_sweep_arithmetic_and_choice() -> None:
+    from vidshard.benchmarks.preprocess import Candidate, parse_candidate, summarize
+
+    assert parse_candidate("fastdecode,21,16,-") == Candidate(tune="fastdecode", crf=21, gop=16)
+    assert parse_candidate("none,23,32,0") == Candidate(crf=23, gop=32, bframes=0)
+    with pytest.raises(ValueError, match="TUNE,CRF,GOP,BF"):
+        parse_candidate("fastdecode,21")
+
+    def row(label, size, ssim, clips):
+        return {"label": label, "bytes": size, "ssim": ssim, "psnr": 40.0, "encode_x_realtime": [10.0, 20.0],
+                "clips_per_s": clips}
+
+    measured = [row("base", 1000, 0.9920, [100.0, 50.0, 80.0]),
+                row("fast", 1080, 0.9901, [210.0, 110.0, 160.0]),     # 2x, but SSIM lower
+                row("fast21", 1260, 0.9921, [190.0, 95.0, 150.0]),    # qualifies
+                row("fast20", 1290, 0.9930, [200.0, 100.0, 160.0]),   # qualifies, more bytes
+                row("huge", 1400, 0.9950, [300.0, 150.0, 240.0]),     # too many bytes
+                row("slow", 900, 0.9920, [150.0, 150.0, 100.0])]      # ratios 1.5, 3.0, 1.25: median 1.5
+    res = summarize(measured, baseline="base")
+    by = {r["label"]: r for r in res["rows"]}
+    assert by["fast"]["decode_ratio"] == pytest.approx(2.1)
+    assert by["fast"]["bytes_ratio"] == pytest.approx(1.08)
+    assert by["slow"]["decode_ratio"] == pytest.approx(1.5)  # the median of per-repeat ratios
+    assert [r["label"] for r in res["rows"] if r["qualifies"]] == ["fast21", "fast20"]
+    assert res["chosen"] == "fast21"
+    assert summarize(measured[:2], baseline="base")["chosen"] is None
+
+
+def test_encode_sweep_measures_each_candidate() -> None:
+    from vidshard.benchmarks.preprocess import Candidate, encode_sweep
+
+    res = encode_sweep((Candidate(), Candidate(tune="fastdecode", crf=30)), seconds=1.0, short_side=64,
+                       clips=2, repeats=1, console=Console(quiet=True))
+    base, other = res["rows"]
+    assert base["decode_ratio"] == 1.0 and base["bytes_ratio"] == 1.0
+    assert 0 < other["bytes"] < base["bytes"] and 0.5 < other["ssim"] < base["ssim"] <= 1.0
+    assert other["psnr"] < base["psnr"] and len(other["clips_per_s"]) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from vidshard.preprocess.config import PreprocessConfig, parse_size
@@ -127,3 +128,22 @@ def test_transcode_args_treat_odd_names_as_files() -> None:
     assert "-an" not in keep and "0:a:0?" in keep
     assert keep.index("-ss") < keep.index("-i") < keep.index("-t")
     assert "fps=15" in keep[keep.index("-vf") + 1]
+
+
+def test_tune_reaches_the_ffmpeg_arguments_and_the_settings() -> None:
+    from vidshard.preprocess.encode import transcode_spec
+    from vidshard.preprocess.inputs import InputItem
+
+    item = InputItem(path=Path("a.mp4"), rel="a.mp4")
+    for tune in ("fastdecode", "film"):
+        cfg = PreprocessConfig(input="in", output="out", tune=tune)
+        assert cfg.settings()["tune"] == tune
+        args = transcode_args("a.mp4", "/o", transcode_spec(cfg, item, 0.0, 10.0, [(0.0, 10.0)]))
+        assert args[args.index("-tune") + 1] == tune
+    plain = PreprocessConfig(input="in", output="out", tune=None)
+    assert plain.settings()["tune"] is None
+    assert "-tune" not in transcode_args("a.mp4", "/o", transcode_spec(plain, item, 0.0, 10.0, [(0.0, 10.0)]))
+    bf = transcode_args("a.mp4", "/o", TranscodeSpec(short_side=288, crf=23, gop=16, bframes=0))
+    assert bf[bf.index("-bf") + 1] == "0"
+    with pytest.raises(ValueError, match="tune"):
+        PreprocessConfig(input="in", output="out", tune="fast")

@@ -55,7 +55,7 @@ def shard_set(tmp_path_factory, counter_mp4: bytes) -> Path:
 
 
 def _cfg(source: Path | str, **kw) -> LoaderConfig:
-    base = dict(frames=4, stride=3, size=32, batch_size=3, workers=2, shuffle_buffer=4, clip_buffer=2)
+    base = dict(frames=4, stride=3, size=32, batch_size=3, workers=2, shuffle_buffer=4)
     return LoaderConfig(source=str(source), **{**base, **kw})
 
 
