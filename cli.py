@@ -180,6 +180,7 @@ def train_cmd(
     keep_checkpoints: int = typer.Option(None, help=_tr_help("keep_checkpoints")),
     stop_after: int = typer.Option(None, help=_tr_help("stop_after")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir")),
+    follow: bool = typer.Option(None, "--follow", help=_tr_help("follow")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a video ViT on a shard set (supervised from its labels, or MAE pretraining).

@@ -123,6 +123,9 @@ class LoaderConfig:
     timeout_s: float = cache.RetryPolicy.timeout_s
     """http(s) sources: seconds a connection or a read may stall; a shard's whole transfer must end within
     timeout_s + its bytes / 256 KiB/s (a stalled or dripping server fails instead of hanging)."""
+    follow: bool = False
+    """A growing set (``preprocess --watch``): re-read the manifest at the start of each epoch and take
+    in the shards added since. Off: the set, and so the epoch length, is fixed when the loader opens."""
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -269,9 +272,35 @@ class ClipLoader:
         return samples_per_rank(total, self.world_size) * self.cfg.clips_per_batch_sample
 
     def set_epoch(self, epoch: int) -> None:
-        """Read ``epoch`` next (from its start, unless a loaded state stopped inside it)."""
+        """Read ``epoch`` next (from its start, unless a loaded state stopped inside it); with ``follow``,
+        a fresh epoch first takes in the shards the manifest lists now."""
         if epoch != self.epoch or self._done:
             self.epoch, self._history, self._layout, self._step, self._done = epoch, (), None, 0, False
+            if self.cfg.follow:
+                self._follow()
+
+    def _follow(self) -> None:
+        """Re-read the manifest; when its shards changed, read the new list from this epoch on (the
+        workers hold the old list, so they are restarted). A manifest that cannot be read now (being
+        replaced, a server hiccup) leaves the set as it was for one more epoch."""
+        if self.source.counts is None:
+            return  # a pattern or pipe: has no manifest to follow
+        try:
+            fresh = resolve(self.cfg.source, self.cfg.cache_dir, policy=self.source.policy)
+            check_claims(fresh)
+        except (OSError, ValueError) as exn:
+            log.warning("follow: %s: manifest not re-read (%s); the set stays as it was", self.cfg.source,
+                        exn)
+            return
+        if fresh.classes != self.source.classes:  # the model's head was sized for the old classes
+            log.warning("follow: %s: the classes changed (%s); new shards not taken in, restart training to "
+                        "use them", self.cfg.source, fresh.classes)
+            return
+        if shard_set_id(fresh) != shard_set_id(self.source):
+            log.info("follow: %s now holds %d samples in %d shards (was %d)", self.cfg.source,
+                     sum(fresh.counts), len(fresh.counts), sum(self.source.counts))
+            self._close_live()
+            self.source = fresh
 
     def __len__(self) -> int:
         total = self.num_samples

@@ -85,6 +85,9 @@ class TrainConfig:
     """Data-loading worker processes per training process (0 = in the main process)."""
     cache_dir: str | None = None
     """Where shards from an ``http(s)://`` shard set are cached."""
+    follow: bool = False
+    """A growing shard set (``preprocess --watch``): each epoch takes in the shards added since the last
+    (``--epochs`` counts batches at the start, so bound such a run with ``--steps``)."""
     seed: int = 0
     """Seed of the model init, data order, crops and masks."""
     device: str = "auto"

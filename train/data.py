@@ -32,7 +32,7 @@ def train_loader(cfg: TrainConfig, rank: int, world_size: int) -> ClipLoader:
     lc = LoaderConfig(source=cfg.data, frames=cfg.frames, stride=cfg.stride, size=cfg.size, train=True,
                       scale=tuple(cfg.crop_scale), flip=cfg.flip, batch_size=cfg.batch_size,
                       workers=cfg.workers, seed=cfg.seed,
-                      clips_per_sample=cfg.clips_per_sample, cache_dir=cfg.cache_dir)
+                      clips_per_sample=cfg.clips_per_sample, cache_dir=cfg.cache_dir, follow=cfg.follow)
     return ClipLoader(lc, rank=rank, world_size=world_size)
 
 
