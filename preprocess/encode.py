@@ -143,7 +143,8 @@ def _encode_into(job: EncodeJob, cfg: PreprocessConfig, tmp: Path) -> dict[str, 
                             f"the file is truncated or damaged ({errors.splitlines()[-1][:160]})")
     metas = _sample_metas(job, info, start, chunks, cuts)
     share = min(1.0, duration / info.duration_s) if info.duration_s else 1.0  # of a segmented file
-    meta = {"vid": item.vid, "video": item.rel, "seconds": covered, "samples": [m.to_dict() for m in metas],
+    meta = {"vid": item.vid, "video": metas[0].video, "seconds": covered,
+            "samples": [m.to_dict() for m in metas],
             "bytes_in": int(info.bytes * share),
             "source": {"codec": info.codec, "width": info.width, "height": info.height,
                        "fps": round(info.fps, 3)}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from .inputs import InputItem, list_inputs
 from .plan import chunk_bounds, class_list, output_size, part_of, part_prefix
 from .pool import EncodePool
 from .probe import ProbeError, probe
-from .report import RunFigures, VideoProgress, summary_lines, summary_table
+from .report import RunFigures, VideoProgress, balance, balance_lines, summary_lines, summary_table
 from .store import STATE_DIR, OutputStore
 
 
@@ -48,6 +49,8 @@ class PreprocessResult:
     """``failures.jsonl`` records added by this run."""
     service: bool = False
     """A ``--watch`` run, stopped by a signal as a service is (exit code 0)."""
+    hours_by: dict[str, Counter] = field(default_factory=dict)
+    """Seconds of video in the whole set per ``class`` and per ``source`` (top folder or host)."""
 
     @property
     def encoded(self) -> int:
@@ -194,12 +197,12 @@ def _result(cfg: PreprocessConfig, store: OutputStore, t: _Tally, t0: float,
         shards=len(store.shards), bytes_in=sum(v["bytes_in"] for v in store.videos.values()),
         bytes_out=sum(s.bytes for s in store.shards))
     return PreprocessResult(output=cfg.output, run=figures, total=total, skipped=skipped, resumed=t.resumed,
-                            stopped=t.stopped, failures=t.failures)
+                            stopped=t.stopped, failures=t.failures, hours_by=balance(store.videos.values()))
 
 
 def _show_summary(cfg: PreprocessConfig, result: PreprocessResult, console: Console) -> None:
     if cfg.quiet:
-        for line in summary_lines(result.run, result.total):
+        for line in summary_lines(result.run, result.total) + balance_lines(result.hours_by):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
     title = f"vidshard preprocess -> {cfg.output}"
@@ -208,6 +211,8 @@ def _show_summary(cfg: PreprocessConfig, result: PreprocessResult, console: Cons
     if result.resumed:
         title += f" ({result.resumed} videos encoded by an interrupted run: packed, not re-encoded)"
     console.print(summary_table(result.run, result.total, title))
+    for line in balance_lines(result.hours_by):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if result.failures:
         where = cfg.output / "failures.jsonl"
         console.print(f"[yellow]{len(result.failures)} input(s) failed; reasons in {where}")

@@ -206,7 +206,8 @@ class OutputStore:
             self._open.keys.append(m.key)
             new += 1
         self._open.videos[vid] = {"video": meta["video"], "samples": len(meta["samples"]),
-                                  "seconds": meta["seconds"], "bytes_in": meta["bytes_in"]}
+                                  "seconds": meta["seconds"], "bytes_in": meta["bytes_in"],
+                                  "label_name": next((m.get("label_name") for m in meta["samples"]), None)}
         if not self._open.keys:  # every sample was already listed: complete it now
             self._commit(None)
         return new

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 from vidshard.preprocess.config import PreprocessConfig
 from vidshard.preprocess.ffmpeg import Synth, synth_video
+from vidshard.preprocess.report import balance_lines
 from vidshard.preprocess.run import preprocess
 from vidshard.shards.schema import Manifest
 
@@ -39,6 +40,10 @@ def test_reencode_a_vidshard_set(tiny_shardset: Path, tmp_path: Path) -> None:
         assert m.extra["source_video_id"] == o.video_id
         assert abs(m.start_s - o.start_s) < 1e-3 and abs(m.end_s - o.end_s) < 0.25  # the old timeline
         assert min(m.width, m.height) == 32 and m.fps == pytest.approx(5.0)
+    # The summary's balance: hours per class and per source (top folder: the class folders here).
+    assert result.hours_by["class"] == pytest.approx({"left": 9.0, "right": 9.0}, abs=0.5)
+    assert set(result.hours_by["source"]) == {"left", "right"}
+    assert balance_lines(result.hours_by)[0].startswith("hours by class: ")
     again = _run(tiny_shardset, tmp_path / "new")  # resumes: nothing left to do
     assert again.skipped == len(old) and again.run.videos_ok == 0
 
