@@ -58,6 +58,7 @@ class Arrivals:
         self.cfg, self.store, self.say = cfg, store, say
         self.waiting: dict[str, _Seen] = {}
         self.taken: set[str] = set()  # submitted (vid): never queued twice
+        self.failed_as: dict[str, tuple[int, int]] = {}  # (size, mtime) of a file when it failed here
 
     def scan(self) -> None:
         """List INPUT; remember files not done, failed or taken yet."""
@@ -73,9 +74,29 @@ class Arrivals:
                 continue  # markers, hidden (partial) files of copy tools
             if self.cfg.part is not None and part_of(it.vid, self.cfg.part[1]) != self.cfg.part[0]:
                 continue
-            if self.store.is_done(it.vid) or self.store.is_failed(it.vid):
+            if self.store.is_done(it.vid) or (self.store.is_failed(it.vid) and not self._changed(it)):
                 continue
             self.waiting.setdefault(it.vid, _Seen(item=it, first_seen=time.monotonic()))
+
+    def _changed(self, it: InputItem) -> bool:
+        """A file that failed in this run and has changed since (a stalled copy that went on) is
+        tried again; one that failed in an earlier run waits for ``--retry-failed``."""
+        if it.vid not in self.failed_as:
+            return False
+        try:
+            st = it.path.stat()
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) != self.failed_as[it.vid]
+
+    def failed(self, item: InputItem) -> None:
+        """Remember how a failed file looked, so a changed one is tried again."""
+        self.taken.discard(item.vid)
+        try:
+            st = item.path.stat()
+            self.failed_as[item.vid] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            self.failed_as.pop(item.vid, None)
 
     def ready(self, limit: int) -> list[InputItem]:
         """Up to ``limit`` files that stopped changing ``settle_seconds`` ago or have a marker."""
@@ -281,6 +302,7 @@ class _Loop:
             shards, failed = len(self.store.shards), len(self.tally.failures)
             _handle(out, self.store, self.tally, _NoBar(), self.cfg, Console(quiet=True))
             if len(self.tally.failures) > failed:
+                self.arrivals.failed(item)
                 self.status.say(f"failed: {item.display}: {out.reason}")
             elif out.staged is not None:
                 self.last_pack = time.monotonic()

@@ -91,15 +91,19 @@ def test_service_takes_files_as_they_arrive(clips: dict[str, Path], tmp_path: Pa
     wait_for(lambda: set(videos_in(out)) == {"a.mp4", "b.mp4", "c.mp4", "later/d.mp4"}, proc, "all four")
     wait_for(lambda: (out / "failures.jsonl").is_file() and "bad.mp4" in (out / "failures.jsonl").read_text(),
              proc, "bad.mp4 in failures.jsonl")
+    shutil.copy(clips["d"], tmp_path / "fixed.part")
+    os.replace(tmp_path / "fixed.part", src / "bad.mp4")  # the failed file changes: tried again
+    wait_for(lambda: videos_in(out)["bad.mp4"] == 1, proc, "the changed bad.mp4 published")
     assert stop(proc) == 0
     samples = read_samples(out)
     seconds = collections.defaultdict(float)
     for s in samples.values():
         seconds[s["meta"].video] += s["meta"].end_s - s["meta"].start_s
     assert seconds["c.mp4"] == pytest.approx(3.0, abs=0.15)  # encoded whole, not while still growing
-    assert videos_in(out) == {"a.mp4": 2, "b.mp4": 2, "c.mp4": 3, "later/d.mp4": 1}  # each once
+    assert videos_in(out) == {"a.mp4": 2, "b.mp4": 2, "c.mp4": 3, "later/d.mp4": 1, "bad.mp4": 1}  # once
     m = Manifest.load(out)
-    assert m.totals["videos"] == 4 and m.totals["failed"] == 1 and m.num_samples == len(samples)
+    assert m.totals["videos"] == 5 and m.totals["failed"] == 0 and m.num_samples == len(samples)
+    assert "bad.mp4" not in (out / "failures.jsonl").read_text()  # the record went with the success
     log = (tmp_path / "watch.log").read_text()
     assert "published:" in log and "failed: bad.mp4" in log
 
