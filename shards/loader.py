@@ -245,6 +245,7 @@ class ClipLoader:
         self._layout: Layout | None = None  # the current segment's layout (None: not started)
         self._step = 0  # batches of the current segment consumed
         self._done = False  # this epoch was read to its end
+        self._batches = -1  # batches of the current segment (-1: not started)
         self._live: _Live | None = None
         self._skip = 0  # without counts: batches of this epoch to read again and drop (a resume)
 
@@ -276,6 +277,7 @@ class ClipLoader:
         a fresh epoch first takes in the shards the manifest lists now."""
         if epoch != self.epoch or self._done:
             self.epoch, self._history, self._layout, self._step, self._done = epoch, (), None, 0, False
+            self._batches = -1
             if self.cfg.follow:
                 self._follow()
 
@@ -312,26 +314,42 @@ class ClipLoader:
 
     # -- resume -------------------------------------------------------------------------------------
 
-    def _segments(self) -> list[Layout]:
-        current = [] if self._layout is None or not self._step else [replace(self._layout, steps=self._step)]
-        return [*self._history, *current]
+    def position(self) -> tuple:
+        """A cheap snapshot of where this loader is, for :meth:`state_dict` later (a trainer that fetches
+        ahead takes it with each batch and saves the one of the last batch it trained on)."""
+        done = self._done or (self._layout is not None and self._step == self._batches)  # at its last batch
+        return self.epoch, done, self._history, self._layout, self._step
 
-    def state_dict(self) -> dict[str, Any]:
-        """Where this rank is: the same on every rank after the same number of steps (save it from one).
+    def state_dict(self, position: tuple | None = None) -> dict[str, Any]:
+        """Where this rank is (or was at ``position``): the same on every rank after the same number of
+        steps, so one rank saves it.
 
-        ``samples`` (consumed in the epoch's global order) is derived from ``segments``; a shard set
-        without counts keeps only ``batches`` (its resume reads those batches again to skip them)."""
+        ``segments`` are the layouts the epoch was read with and the steps of each; ``samples`` is how
+        many samples of the epoch they consumed in the global order. A shard set without counts keeps
+        only ``batches`` (its resume reads those batches again to drop them)."""
+        epoch, done, history, layout, step = self.position() if position is None else position
         cfg, counts = self.cfg, self.source.counts
+        segments = [*history, *([replace(layout, steps=step)] if layout is not None and step else [])]
         state = {"version": STATE_VERSION, "seed": cfg.seed, "train": cfg.train, "drop_last": cfg.drop_last,
-                 "set": shard_set_id(self.source), "epoch": self.epoch + self._done, "segments": [],
-                 "samples": 0, "batches": 0 if self._done or counts is not None else self._step}
-        if not self._done:
-            state["segments"] = [s.to_dict() for s in self._segments()]
-            if counts is not None:
-                left = remaining(counts, cfg.seed, cfg.order_epoch(self.epoch), cfg.train, self._segments(),
-                                 cfg.drop_last)
-                state["samples"] = sum(counts) - size(left)
+                 "set": shard_set_id(self.source), "epoch": epoch + done, "segments": [], "samples": 0,
+                 "batches": 0 if done or counts is not None else step}
+        if not done and counts is not None:
+            state["segments"] = [s.to_dict() for s in segments]
+            left = remaining(counts, cfg.seed, cfg.order_epoch(epoch), cfg.train, segments, cfg.drop_last)
+            state["samples"] = sum(counts) - size(left)
         return state
+
+    def batches_left(self) -> int:
+        """Batches the current epoch still yields on this rank (``len(self)`` when it has not started)."""
+        if self.source.counts is None or self._done:
+            return len(self)
+        here = self._layout_here()
+        history = list(self._history) + ([replace(self._layout, steps=self._step)]
+                                         if self._layout not in (None, here) and self._step else [])
+        step = self._step if self._layout == here else 0
+        total = size(remaining(self.source.counts, self.cfg.seed, self.cfg.order_epoch(self.epoch),
+                               self.cfg.train, history, self.cfg.drop_last))
+        return rank_batches(total, self.world_size, here.per_batch, self.cfg.drop_last) - step
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Go on from ``state`` (refusing one that cannot continue here, with the reason)."""
@@ -340,6 +358,7 @@ class ClipLoader:
             raise ValueError(f"cannot resume the loader: {why}")
         self._close_live()
         self.epoch, self._done, self._step, self._layout = int(state["epoch"]), False, 0, None
+        self._batches = -1
         self._history = tuple(Layout(**s) for s in state["segments"])
         self._skip = int(state.get("batches", 0))
         if self.source.counts is not None:
@@ -365,8 +384,9 @@ class ClipLoader:
         if self._done:  # read again: the same epoch from its start
             self.set_epoch(self.epoch)
         here = self._layout_here()
-        if self._layout is not None and self._layout != here:
-            self._history, self._step = tuple(self._segments()), 0
+        if self._layout is not None and self._layout != here:  # another layout: a new segment
+            done = (replace(self._layout, steps=self._step),) if self._step else ()
+            self._history, self._step = (*self._history, *done), 0
         self._layout = here
         start = Start(self.cfg.order_epoch(self.epoch), self._history, self._step)
         total = size(remaining(self.source.counts, self.cfg.seed, start.epoch, self.cfg.train,
@@ -376,6 +396,7 @@ class ClipLoader:
 
     def _run(self, start: Start, batches: int, total: int) -> Iterator[dict[str, Any]]:
         targets = batch_sizes(even_sizes(total, self.world_size)[0], self._layout.per_batch, batches)
+        self._batches = batches
         self.stats = LoaderStats(epoch=self.epoch)
         live = self._live_for(start) if start.step < batches else None
         recent, finished = None, False
@@ -424,7 +445,7 @@ class ClipLoader:
             busy = torch.zeros((max(1, cfg.workers), SLOTS), dtype=torch.uint8).share_memory_()
             stream = Stream(cfg, self.source, self.rank, self.world_size, start, busy)
             loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers,
-                                prefetch_factor=2 if cfg.workers else None)
+                                prefetch_factor=2 if cfg.workers else None, generator=_generator(cfg))
             workers = iter(loader)
             live = self._live = _Live(workers, copy_out(workers, busy, torch.cuda.is_available()),
                                       self._layout, start)
@@ -446,7 +467,7 @@ class ClipLoader:
         busy = torch.zeros((max(1, cfg.workers), SLOTS), dtype=torch.uint8).share_memory_()
         stream = Stream(cfg, self.source, self.rank, self.world_size, Start(self.epoch), busy)
         loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers,
-                            prefetch_factor=2 if cfg.workers else None)
+                            prefetch_factor=2 if cfg.workers else None, generator=_generator(cfg))
         pieces = copy_out(iter(loader), busy, torch.cuda.is_available())
         skip, self._skip, self._step, self._done = self._skip, 0, 0, False
         for batch in rebatch(_count_decoded(pieces, self.stats), cfg.batch_size, None, cfg.drop_last,
@@ -468,6 +489,12 @@ class ClipLoader:
             log.warning("epoch %d, rank %d: %d samples the manifest lists were not read (%s); "
                         "run `vidshard verify` on the set", self.epoch, self.rank, self.stats.missing,
                         self.stats.shortfalls[:3])
+
+
+def _generator(cfg: LoaderConfig) -> torch.Generator:
+    """The DataLoader's own seed source: starting workers must not draw from torch's global generator
+    (a resumed run restores that generator and must see the same draws as the run it continues)."""
+    return torch.Generator().manual_seed(cfg.seed)
 
 
 def _count_decoded(pieces: Iterator[dict[str, Any]], stats: LoaderStats) -> Iterator[dict[str, Any]]:

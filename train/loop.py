@@ -99,6 +99,7 @@ class _Run:
     warmup: int
     step: int = 0
     rng: dict[str, Any] | None = None  # RNG state to restore once the resumed position is reached
+    position: tuple | None = None  # the loader's position after the last batch trained on
 
 
 def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
@@ -142,9 +143,24 @@ def _resume(run: _Run) -> None:
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.step = int(ckpt["step"])
+    _resume_loader(run, ckpt.get("loader"))
     if run.info.is_main:
         truncate_metrics(run.run_dir, run.step)
     run.rng = ckpt["rng"][run.info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"]
+
+
+def _resume_loader(run: _Run, state: dict[str, Any] | None) -> None:
+    """Put the loader where the checkpoint's run was (any number of ranks and workers: every sample of the
+    epoch is still seen once); without ``--steps`` the run still ends with epoch ``--epochs``."""
+    loader = run.loader
+    if state is None:  # a checkpoint from before the loader kept its position: the same step count, by
+        epoch, skip = divmod(run.step, len(loader))  # arithmetic (this epoch's order is a fresh one)
+        layout = loader.cfg.layout(run.info.world_size, loader.cfg.workers)
+        state = {**loader.state_dict(), "epoch": epoch, "segments": [] if not skip else
+                 [{**layout.to_dict(), "steps": min(skip, loader.batches_left())}]}
+    loader.load_state_dict(state)  # refuses another shard set or seed, saying why
+    if run.cfg.steps is None:
+        run.total = run.step + loader.batches_left() + max(0, run.cfg.epochs - 1 - loader.epoch) * len(loader)
 
 
 def _save(run: _Run) -> Path | None:
@@ -158,6 +174,7 @@ def _save(run: _Run) -> Path | None:
     state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": run.step,
              "rng": states, "config": run.cfg.to_dict(), "objective": run.cfg.objective,
              "num_classes": len(run.classes) if run.classes else 0, "classes": run.classes,
+             "loader": run.loader.state_dict(run.position),
              "model_config": run.model.cfg.to_dict() if hasattr(run.model, "cfg") and
              hasattr(run.model.cfg, "to_dict") else {}}
     return save_checkpoint(checkpoint_path(run.run_dir, run.step), state, keep=run.cfg.keep_checkpoints)
@@ -195,25 +212,19 @@ def _validation_loss(run: _Run, val_loader: Any) -> dict[str, float]:
 
 
 def _batches(run: _Run):
-    """Batches from the current step on, epoch after epoch; a resumed run skips the batches of its
-    epoch it already trained on (same order: the loader's order depends only on seed and epoch)."""
-    per_epoch = len(run.loader)
-    if per_epoch == 0:
+    """Batches from the loader's position on (a resumed run's: ``_resume_loader``), epoch after epoch;
+    each carries the loader's position after it (``"position"``), since the prefetcher fetches ahead."""
+    if len(run.loader) == 0:
         raise ValueError(f"{run.cfg.data}: no batches for this rank (batch size {run.cfg.batch_size}); "
                          "use a smaller --batch-size or more data")
-    epoch, skip = divmod(run.step, per_epoch)
+    epoch = run.loader.epoch
     while True:
-        if skip == 0:
-            _restore_rng(run)
         run.loader.set_epoch(epoch)
-        it = iter(run.loader)
-        for _ in range(skip):
-            next(it)
-        if skip:
-            _restore_rng(run)  # before the next fetch, as in the run that wrote the checkpoint
-        for batch in it:
+        _restore_rng(run)  # before the first fetch, as in the run that wrote the checkpoint
+        for batch in run.loader:
+            batch["position"] = run.loader.position()
             yield epoch, batch
-        epoch, skip = epoch + 1, 0
+        epoch += 1
 
 
 def _restore_rng(run: _Run) -> None:
@@ -248,6 +259,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
         batches = Prefetcher(_batches(run), info.device)  # the next batch goes to the device during a step
         while run.step < stop_at:
             epoch, batch = next(batches)
+            run.position = batch.pop("position")
             lr = lr_at(run.step, total=run.total, base_lr=cfg.lr, warmup=run.warmup, min_lr=cfg.min_lr)
             m = train_step(run.wrapped, run.objective, batch, run.optimizer, lr=lr, clip_grad=cfg.clip_grad,
                            amp=cfg.amp)
@@ -277,6 +289,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
         if info.is_main:
             atomic_write(run.run_dir / "val.json", (json.dumps(val, indent=2) + "\n").encode())
     log.close()
+    run.loader.close()  # its workers would otherwise wait for the next epoch until garbage collected
+    if val_loader is not None:
+        val_loader.close()
     return TrainResult(run.run_dir, run.step, ckpt, float(summary["loss"]), val)
 
 
