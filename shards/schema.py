@@ -443,8 +443,10 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str | bytes, source: str = "manifest") -> Manifest:
-        """Parse and validate ``manifest.json`` text read from ``source`` (named in errors)."""
+    def from_json(cls, text: str | bytes, source: str = "manifest", *,
+                  rejects: list[Rejected] | None = None) -> Manifest:
+        """Parse and validate ``manifest.json`` text read from ``source`` (named in errors);
+        ``rejects`` as in :meth:`from_dict`."""
         if len(text) > MANIFEST_MAX_BYTES:
             raise ManifestError(f"{source}: {len(text)} bytes is over the {MANIFEST_MAX_BYTES}-byte "
                                 "limit for a manifest")
@@ -453,7 +455,7 @@ class Manifest:
         except (ValueError, RecursionError) as exn:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ManifestError(f"{source}: not valid JSON ({str(exn)[:120]}); the file is damaged or "
                                 "not a manifest") from None
-        return cls.from_dict(d, source)
+        return cls.from_dict(d, source, rejects=rejects)
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tarfile
 import urllib.error
 import urllib.request
@@ -41,7 +40,6 @@ from .schema import (
     META_EXT,
     VIDEO_EXT,
     Manifest,
-    ManifestError,
     MemberError,
     Rejected,
     SampleMeta,
@@ -133,7 +131,7 @@ def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple
     if is_url(loc) and "{" not in loc and not loc.endswith(".tar"):
         url = loc if loc.endswith(".json") else loc.rstrip("/") + "/" + MANIFEST
         try:
-            return _parse(fetch_bytes(url), url, rejects), url.rsplit("/", 1)[0] + "/"
+            return Manifest.from_json(fetch_bytes(url), url, rejects=rejects), url.rsplit("/", 1)[0] + "/"
         except FetchError as e:
             raise FileNotFoundError(f"{e}; is the shard set served there (`vidshard serve`)?") from None
     path = Path(loc)
@@ -142,7 +140,8 @@ def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple
         if not file.is_file():
             return Manifest.load(file), ""  # raises the usual "no manifest.json here" error
         with open(file, "rb") as f:
-            return _parse(f.read(MANIFEST_MAX_BYTES + 1), str(file), rejects), str(file.parent)
+            return (Manifest.from_json(f.read(MANIFEST_MAX_BYTES + 1), str(file), rejects=rejects),
+                    str(file.parent))
     from .location import resolve
 
     source = resolve(location)
@@ -150,17 +149,6 @@ def open_manifest(location: str, rejects: list[Rejected] | None = None) -> tuple
         raise FileNotFoundError(f"{location}: found shards but no manifest.json to check them against; "
                                 "give the shard-set folder or URL that `vidshard preprocess` wrote")
     return source.manifest, source.base
-
-
-def _parse(data: bytes, source: str, rejects: list[Rejected] | None) -> Manifest:
-    if len(data) > MANIFEST_MAX_BYTES:
-        raise ManifestError(f"{source}: over the {MANIFEST_MAX_BYTES}-byte limit for a manifest")
-    try:
-        d = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise ManifestError(f"{source}: not valid JSON ({str(e)[:120]}); the file is damaged or not "
-                            "a manifest") from None
-    return Manifest.from_dict(d, source, rejects=rejects)
 
 
 def open_shard(base: str, name: str) -> BinaryIO:
