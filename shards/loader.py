@@ -281,6 +281,17 @@ class ClipLoader:
             if self.cfg.follow:
                 self._follow()
 
+    def _followed(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A growing set's position from before it grew: its epoch order is gone, so the next whole
+        epoch (this one, when the state was at its start) reads the set as it is now."""
+        here = shard_set_id(self.source)
+        if not self.cfg.follow or not isinstance(state, dict) or state.get("set") in (None, here):
+            return state
+        epoch = int(state.get("epoch", 0)) + bool(state.get("segments") or state.get("batches"))
+        log.warning("follow: %s changed since the checkpoint; going on at the start of epoch %d",
+                    self.cfg.source, epoch)
+        return {**state, "set": here, "epoch": epoch, "segments": [], "batches": 0, "samples": 0}
+
     def _follow(self) -> None:
         """Re-read the manifest; when its shards changed, read the new list from this epoch on (the
         workers hold the old list, so they are restarted). A manifest that cannot be read now (being
@@ -352,7 +363,9 @@ class ClipLoader:
         return rank_batches(total, self.world_size, here.per_batch, self.cfg.drop_last) - step
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Go on from ``state`` (refusing one that cannot continue here, with the reason)."""
+        """Go on from ``state`` (refusing one that cannot continue here, with the reason). With ``follow``,
+        a state saved on the set as it was before it grew goes on at the start of the next epoch."""
+        state = self._followed(state)
         why = _refusal(state, self.cfg, shard_set_id(self.source))
         if why:
             raise ValueError(f"cannot resume the loader: {why}")

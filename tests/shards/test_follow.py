@@ -65,6 +65,23 @@ def test_follow_takes_in_new_shards_each_epoch(growing: Path, tmp_path: Path) ->
     assert len(follow) > len(fixed)
 
 
+def test_follow_resumes_a_position_from_before_the_set_grew(growing: Path, tmp_path: Path) -> None:
+    loader = _loader(str(growing), True)
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it)  # one batch into epoch 0
+    state = loader.state_dict()
+    loader.close()
+    grow(growing, tmp_path / "raw")
+    with pytest.raises(ValueError, match="another shard set"):
+        _loader(str(growing), False).load_state_dict(state)  # without follow: refused, as before
+    resumed = _loader(str(growing), True)
+    resumed.load_state_dict(state)  # with follow: the next whole epoch, on the grown set
+    assert resumed.epoch == 1
+    keys = epoch_keys(resumed, 1)
+    assert len(keys) == 24 and set(keys.values()) == {1}
+
+
 def test_follow_through_serve(growing: Path, tmp_path: Path) -> None:
     srv = make_shard_server(ServeConfig(shardset=growing, port=0))
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
