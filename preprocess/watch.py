@@ -33,6 +33,7 @@ from .from_shards import is_shard_input
 from .inputs import InputError, InputItem, list_inputs
 from .plan import class_list, part_of, part_prefix
 from .pool import EncodePool
+from .report import balance, balance_lines
 from .store import OutputStore
 
 MARKER = ".done"
@@ -244,6 +245,8 @@ def watch(cfg: PreprocessConfig, console: Console | None = None):
         pool.close(cancel=stop.count > 1)
         store.finish()
         status.say(f"stopped: {len(store.videos)} videos in {len(store.shards)} shards in {cfg.output}")
+        for line in balance_lines(balance(store.videos.values())):
+            status.say(line)
     finally:
         stop.restore()
     return replace(_result(cfg, store, tally, t0, 0), service=True)

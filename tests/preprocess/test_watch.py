@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,7 @@ def test_service_takes_files_as_they_arrive(clips: dict[str, Path], tmp_path: Pa
     assert "bad.mp4" not in (out / "failures.jsonl").read_text()  # the record went with the success
     log = (tmp_path / "watch.log").read_text()
     assert "published:" in log and "failed: bad.mp4" in log
+    assert re.search(r"hours by source: \. [0-9.]+, later [0-9.]+", log), log  # the balance at the stop
 
 
 @pytest.mark.slow  # two service starts (about 20 s on a loaded 2-core machine); `make test-all` runs it
