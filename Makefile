@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/vidshard bench preprocess
 	$(BIN)/vidshard bench loader
 	$(BIN)/vidshard bench model
+	$(BIN)/vidshard bench scenes
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

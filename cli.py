@@ -35,8 +35,9 @@ def _pp_default(name: str):
 @app.command("preprocess")
 def preprocess_cmd(
     input: Path = typer.Argument(..., help="Folder of videos (searched recursively; any file that "
-                                 "probes as a video) or a .csv / .jsonl list with 'path' and optional "
-                                 "'label', 'start', 'end', 'caption'."),
+                                 "probes as a video), a .csv / .jsonl list with 'path' and optional "
+                                 "'label', 'start', 'end', 'caption', or a shard set to re-encode (a folder "
+                                 "with manifest.json or *.tar: vidshard or any WebDataset of videos)."),
     output: Path = typer.Argument(..., help="Shard-set folder. Run the same command again to resume after a "
                                   "kill or to add new videos."),
     chunk_seconds: float = typer.Option(_pp_default("chunk_seconds"), help="Length of each clip, seconds."),
@@ -65,6 +66,23 @@ def preprocess_cmd(
     min_free_space: str = typer.Option("256MiB", help="Stop cleanly (no video marked failed) when OUTPUT's "
                                        "disk has less free space than this; 0 = no margin (a full disk is "
                                        "still detected)."),
+    watch: bool = typer.Option(False, "--watch", help="Keep running as a service: encode what INPUT holds, "
+                               "then each new file as it arrives; SIGTERM/SIGINT stop it cleanly (exit 0)."),
+    settle_seconds: float = typer.Option(_pp_default("settle_seconds"), help="--watch: a file counts once "
+                                         "unchanged this long, or once NAME.done exists beside it."),
+    flush_seconds: float = typer.Option(_pp_default("flush_seconds"), help="--watch: publish a partly filled "
+                                        "shard after this long without a new video."),
+    poll: bool = typer.Option(False, "--poll", help="--watch: list INPUT every --poll-seconds instead of "
+                              "waiting for change events (NFS and other network file systems)."),
+    poll_seconds: float = typer.Option(_pp_default("poll_seconds"), help="--watch --poll: seconds between "
+                                       "two listings of INPUT."),
+    split_at_scenes: bool = typer.Option(False, "--split-at-scenes", help="Snap chunk boundaries to shot "
+                                         "cuts (ffmpeg scdet) so no clip spans a cut; KEY.json gets "
+                                         "starts_at_cut."),
+    scene_threshold: float = typer.Option(_pp_default("scene_threshold"), help="scdet score (0-100) above "
+                                          "which a frame starts a new shot (--split-at-scenes)."),
+    min_shot_seconds: float = typer.Option(_pp_default("min_shot_seconds"), help="Ignore a cut this soon "
+                                           "after the previous one: a flash is not a new shot."),
 ) -> None:
     """Re-encode raw videos into short resized H.264 clips in WebDataset tar shards (+ manifest.json)."""
     from vidshard.preprocess.config import PreprocessConfig, parse_size
@@ -81,7 +99,10 @@ def preprocess_cmd(
             tune=None if tune.lower() == "none" else tune, keep_audio=keep_audio,
             labels_from_dirs=labels_from_dirs, shard_size=parse_size(shard_size), prefix=prefix,
             workers=workers, part=parse_part(part) if part else None, retry_failed=retry_failed,
-            dry_run=dry_run, quiet=quiet, strict=strict, min_free_space=parse_size(min_free_space))
+            dry_run=dry_run, quiet=quiet, strict=strict, min_free_space=parse_size(min_free_space),
+            split_at_scenes=split_at_scenes, scene_threshold=scene_threshold,
+            min_shot_seconds=min_shot_seconds, watch=watch, settle_seconds=settle_seconds,
+            flush_seconds=flush_seconds, poll=poll, poll_seconds=poll_seconds)
         result = preprocess(cfg)
     except OutputFailure as e:  # the disk under OUTPUT, not the input: exit 3 means "free space, run again"
         typer.echo(f"error: {e}", err=True)
@@ -170,6 +191,7 @@ def train_cmd(
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir")),
     cache_limit: str = typer.Option(None, help=_tr_help("cache_limit")),
     timeout: float = typer.Option(None, help=_tr_help("timeout")),
+    follow: bool = typer.Option(None, "--follow", help=_tr_help("follow")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a video ViT on a shard set (supervised from its labels, or MAE pretraining).
@@ -451,6 +473,28 @@ def bench_preprocess_cmd(
     if json_out is not None:
         atomic_write(json_out, (json.dumps(figures, indent=2) + "\n").encode())
         typer.echo(f"figures written to {json_out}")
+
+
+@bench_app.command("scenes")
+def bench_scenes_cmd(
+    videos: int = typer.Option(4, help="Generated videos, each a join of several shots at known times."),
+    shots: int = typer.Option(5, help="Shots per video."),
+    seed: int = typer.Option(0, help="Seed of the shot patterns and lengths."),
+    flicker: bool = typer.Option(False, "--flicker", help="Also use a source that flickers on every frame "
+                                 "(a test of false cuts)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Shot-cut detection (ffmpeg scdet vs PySceneDetect) on videos with known cuts, and the extra
+    cost of --split-at-scenes in a preprocessing run."""
+    import json
+
+    from vidshard.benchmarks.scenes import ScenesBenchConfig, report, run_scenes_bench
+    from vidshard.shards.schema import atomic_write
+
+    res = run_scenes_bench(ScenesBenchConfig(videos=videos, shots=shots, seed=seed, flicker=flicker))
+    typer.echo(report(res))
+    if json_out is not None:
+        atomic_write(json_out, json.dumps(res, indent=2).encode())
 
 
 @bench_app.command("loader")

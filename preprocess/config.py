@@ -65,6 +65,24 @@ class PreprocessConfig:
     min_free_space: int = 256 << 20
     """Stop cleanly (blaming no video) when the disk of OUTPUT has less free space than this, before
     and while encoding; 0 turns the margin off (a disk that really fills up is still detected)."""
+    watch: bool = False
+    """Keep running: encode what is there, then each new file in INPUT as it arrives (SIGTERM stops)."""
+    settle_seconds: float = 30.0
+    """``watch``: a file counts once unchanged this long (or once ``NAME.done`` exists beside it)."""
+    flush_seconds: float = 300.0
+    """``watch``: publish a partly filled shard after this long without a new video."""
+    poll: bool = False
+    """``watch``: find new files by listing INPUT every ``poll_seconds`` (network file systems
+    deliver no change events); by default change events (watchdog) trigger a look."""
+    poll_seconds: float = 5.0
+    """``watch``: seconds between two listings of INPUT with ``poll`` (a safety-net listing every
+    minute otherwise)."""
+    split_at_scenes: bool = False
+    """Snap chunk boundaries to shot cuts (ffmpeg ``scdet``), so no sample spans a cut."""
+    scene_threshold: float = 10.0
+    """``scdet`` score (0-100) above which a frame starts a new shot."""
+    min_shot_seconds: float = 0.4
+    """A cut less than this after the previous one is ignored (a flash or strobe is not a new shot)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
@@ -95,6 +113,12 @@ class PreprocessConfig:
             raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
         if self.min_free_space < 0:
             raise ValueError(f"min_free_space must be >= 0 bytes, got {self.min_free_space}")
+        if not 0 < self.scene_threshold < 100:
+            raise ValueError(f"scene_threshold must be in (0, 100), got {self.scene_threshold}")
+        if min(self.settle_seconds, self.flush_seconds) < 0 or self.poll_seconds <= 0:
+            raise ValueError("settle_seconds and flush_seconds must be >= 0, poll_seconds > 0")
+        if self.min_shot_seconds < 0:
+            raise ValueError(f"min_shot_seconds must be >= 0, got {self.min_shot_seconds}")
         if self.part is not None and not 1 <= self.part[0] <= self.part[1]:
             raise ValueError(f"part {self.part}: expected (I, N) with 1 <= I <= N")
 
@@ -111,4 +135,7 @@ class PreprocessConfig:
             "keep_audio": self.keep_audio,
             "labels_from_dirs": self.labels_from_dirs, "prefix": self.prefix,
             "part": None if self.part is None else f"{self.part[0]}/{self.part[1]}",
+            # Only when on, so sets made before the option existed still resume.
+            **({"split_at_scenes": True, "scene_threshold": self.scene_threshold,
+                "min_shot_seconds": self.min_shot_seconds} if self.split_at_scenes else {}),
         }

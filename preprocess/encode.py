@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,11 @@ from vidshard.shards.schema import SampleMeta
 
 from .config import PreprocessConfig
 from .ffmpeg import FFmpegError, TranscodeSpec, transcode
+from .from_shards import SampleProblem, extracted_source
 from .inputs import InputItem
-from .plan import chunk_bounds, split_points
+from .plan import chunk_bounds, kept_cuts, scene_bounds, split_points
 from .probe import ProbeError, ProbeInfo, open_local, probe
+from .scenes import SceneError, detect_cuts
 from .space import OUTPUT_ERRNOS, output_trouble
 
 META = "meta.json"
@@ -81,9 +83,14 @@ def encode_video(job: EncodeJob, cfg: PreprocessConfig) -> EncodeOutcome:
     done = job.staging / job.item.vid
     if (done / META).is_file():
         return EncodeOutcome(item=job.item, staged=done, seconds=read_staged(done)["seconds"])
+    if job.item.invalid:
+        return EncodeOutcome(item=job.item, reason=job.item.invalid)
     tmp = job.staging / f"{job.item.vid}.{os.getpid()}.tmp"
     try:
-        meta = _encode_into(job, cfg, tmp)
+        with extracted_source(job.item, job.staging) as path:  # a shard-set input's video, copied out
+            meta = _encode_into(replace(job, item=replace(job.item, path=path)), cfg, tmp)
+    except SampleProblem as e:  # a shard-set input's sample that cannot be used
+        return EncodeOutcome(item=job.item, reason=str(e))
     except Stopped as e:
         return EncodeOutcome(item=job.item, reason=str(e), stopped=True)
     except Exception as e:  # a bug or an unforeseen input must not stop the run
@@ -139,7 +146,7 @@ def _encode_into(job: EncodeJob, cfg: PreprocessConfig, tmp: Path) -> dict[str, 
     item = job.item
     info = probe(item.path)
     start, duration = segment_of(item, info)
-    bounds = chunk_bounds(duration, cfg.chunk_seconds, cfg.min_chunk_seconds)
+    bounds, cuts = plan_chunks(cfg, item, start, duration)
     spec = transcode_spec(cfg, item, start, duration, bounds)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -156,9 +163,10 @@ def _encode_into(job: EncodeJob, cfg: PreprocessConfig, tmp: Path) -> dict[str, 
     if covered < duration - max(_SHORT_ABS_S, _SHORT_REL * duration) and errors:
         raise EncodeFailure(f"decoding failed at {start + covered:.1f} s of {start + duration:.1f} s: "
                             f"the file is truncated or damaged ({errors.splitlines()[-1][:160]})")
-    metas = _sample_metas(job, info, start, chunks)
+    metas = _sample_metas(job, info, start, chunks, cuts)
     share = min(1.0, duration / info.duration_s) if info.duration_s else 1.0  # of a segmented file
-    meta = {"vid": item.vid, "video": item.rel, "seconds": covered, "samples": [m.to_dict() for m in metas],
+    meta = {"vid": item.vid, "video": metas[0].video, "seconds": covered,
+            "samples": [m.to_dict() for m in metas],
             "bytes_in": int(info.bytes * share),
             "source": {"codec": info.codec, "width": info.width, "height": info.height,
                        "fps": round(info.fps, 3)}}
@@ -184,16 +192,45 @@ def _chunk_facts(path: Path, short_side: int) -> dict[str, Any]:
             "width": w, "height": h, "bytes": path.stat().st_size}
 
 
-def _sample_metas(job: EncodeJob, info: ProbeInfo, start: float, chunks: list[dict]) -> list[SampleMeta]:
+def plan_chunks(cfg: PreprocessConfig, item: InputItem, start: float,
+                duration: float) -> tuple[list[tuple[float, float]], list[float] | None]:
+    """Chunk bounds of one input, and with ``--split-at-scenes`` the shot cuts they snap to."""
+    if not cfg.split_at_scenes:
+        return chunk_bounds(duration, cfg.chunk_seconds, cfg.min_chunk_seconds), None
+    segment = item.start_s is not None or item.end_s is not None
+    try:
+        cuts = detect_cuts(item.path, threshold=cfg.scene_threshold, fps=cfg.fps,
+                           start_s=start if segment else None, duration_s=duration if segment else None,
+                           threads=max(1, (os.cpu_count() or 1) // cfg.num_workers),
+                           timeout=60 + 10 * duration)
+    except SceneError as e:
+        raise EncodeFailure(str(e)) from None
+    cuts = kept_cuts(duration, cuts, cfg.min_shot_seconds)
+    bounds = scene_bounds(duration, cuts, cfg.chunk_seconds, cfg.min_chunk_seconds)
+    return [(a, b) for a, b, _ in bounds], cuts
+
+
+def _at_cut(t: float, cuts: list[float] | None, fps: float) -> bool | None:
+    """Whether a chunk starting ``t`` seconds into the input starts at a shot cut (half a frame)."""
+    if cuts is None:
+        return None
+    return any(abs(t - c) <= 0.5 / max(fps, 1e-6) for c in cuts)
+
+
+def _sample_metas(job: EncodeJob, info: ProbeInfo, start: float, chunks: list[dict],
+                  cuts: list[float] | None = None) -> list[SampleMeta]:
     item, t = job.item, start
+    origin = dict(item.origin or {})  # a shard-set input: times are in its original source's timeline
+    video, offset = origin.pop("video", item.rel), origin.pop("start_s", 0.0)
     metas = []
     for i, c in enumerate(chunks):
         end = t + c["duration"]
         metas.append(SampleMeta(
-            video=item.rel, video_id=item.vid, chunk=i, start_s=round(t, 6), end_s=round(end, 6),
-            frames=c["frames"], fps=round(c["fps"], 6), width=c["width"], height=c["height"],
-            label=job.label, label_name=item.label_name if job.label is not None else None,
-            caption=item.caption))
+            video=video, video_id=item.vid, chunk=i, start_s=round(offset + t, 6),
+            end_s=round(offset + end, 6), frames=c["frames"], fps=round(c["fps"], 6), width=c["width"],
+            height=c["height"], label=job.label,
+            label_name=item.label_name if job.label is not None else None, caption=item.caption,
+            starts_at_cut=_at_cut(t - start, cuts, c["fps"]), extra=origin))
         t = end
     return metas
 

@@ -301,6 +301,51 @@ def transcode(src: str | Path, out_dir: Path, spec: TranscodeSpec,
     return chunks, proc.stderr.decode("utf-8", "replace").strip()
 
 
+# --- Shot cuts (``--split-at-scenes``) ------------------------------------------------------
+
+# Rows of the picture scdet compares: small enough to cost little next to the decode, large
+# enough to keep a cut between two shots of similar brightness (see ``vidshard bench scenes``).
+SCENE_ROWS = 72
+
+
+def scene_cut_args(src: str | Path, *, threshold: float, fps: float | None = None,
+                   start_s: float | None = None, duration_s: float | None = None,
+                   threads: int = 0) -> list[str]:
+    """The ffmpeg command that prints the time of every shot cut in ``src`` (pure).
+
+    Frames pass the same ``fps`` filter as the transcode, so cut times fall on output frames;
+    ``scdet`` flags a frame whose difference to the one before scores above ``threshold``
+    (0-100) and ``metadata=print`` writes ``lavfi.scd.time=T`` lines to stdout.
+    """
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    if start_s:
+        args += ["-ss", f"{start_s:.6f}"]
+    if threads:
+        args += ["-threads", str(threads)]
+    # The deblocking filter changes no cut and costs about a fifth of an H.264 decode.
+    args += ["-skip_loop_filter", "all", "-i", local_url(src)]
+    if duration_s is not None:
+        args += ["-t", f"{duration_s:.6f}"]
+    filters = [f"fps={fps:g}"] if fps else []
+    filters += [f"scale=-2:{SCENE_ROWS}:flags=fast_bilinear", f"scdet=threshold={threshold:g}",
+                "metadata=print:key=lavfi.scd.time:file='pipe\\:1'"]
+    return args + ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", ",".join(filters), "-f", "null", "-"]
+
+
+def concat_videos(parts: list[Path], dst: str | Path, fps: float = 25.0) -> Path:
+    """Join videos of one size back to back into ``dst`` (H.264), re-encoded at ``fps``, so each
+    join is a shot cut at a known time (tests and ``vidshard bench scenes``)."""
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    for p in parts:
+        args += ["-i", local_url(p)]
+    joined = "".join(f"[{i}:v:0]" for i in range(len(parts)))
+    args += ["-filter_complex", f"{joined}concat=n={len(parts)}:v=1:a=0,fps={fps:g},format=yuv420p",
+             "-c:v", "libx264", "-preset", "veryfast", "-an", local_url(dst)]
+    run(args, timeout=300)
+    return Path(dst)
+
+
 # --- Quality against the source (how the encoding defaults are chosen) ------------------------
 
 _SSIM_RE = re.compile(r"SSIM .*All:([0-9.]+)")

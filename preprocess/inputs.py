@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vidshard.shards.schema import video_id
 
@@ -39,6 +40,12 @@ class InputItem:
     """Segment end in the source, seconds (``None``: the end)."""
     caption: str | None = None
     """Free text carried into the sample metadata."""
+    origin: dict[str, Any] | None = None
+    """A sample of a shard-set INPUT: what its new samples carry over (see ``from_shards``)."""
+    member: tuple[str, int, int, str] | None = None
+    """A sample of a shard-set INPUT: ``(tar path, byte offset, size, ext)`` of its video."""
+    invalid: str | None = None
+    """Why this input cannot be used, found while listing it (it becomes a failure)."""
 
     @property
     def vid(self) -> str:
@@ -56,8 +63,14 @@ class InputItem:
 def list_inputs(source: Path, *, labels_from_dirs: bool = False,
                 exclude: Path | None = None) -> list[InputItem]:
     """The inputs named by ``source`` (a folder or a ``.csv``/``.jsonl`` list), sorted by ``rel``."""
+    from .from_shards import is_shard_input, list_shard_samples
+
     source = Path(source)
-    if source.is_dir():
+    if is_shard_input(source):
+        if labels_from_dirs:
+            raise InputError("--labels-from-dirs needs a folder of videos; a shard set carries its labels")
+        items = list_shard_samples(source)
+    elif source.is_dir():
         items = _walk(source, labels_from_dirs, exclude)
     elif source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
         if labels_from_dirs:

@@ -38,6 +38,37 @@ def chunk_bounds(duration_s: float, chunk_s: float, min_chunk_s: float) -> list[
     return [(round(a, 6), round(b, 6)) for a, b in zip(starts, ends, strict=True)]
 
 
+def kept_cuts(duration_s: float, cuts: Iterable[float], min_shot_s: float = 0.0) -> list[float]:
+    """The cuts inside ``(0, duration_s)``, sorted, dropping one that comes less than ``min_shot_s``
+    after the start or the last kept cut (a flash or a strobe is not a new shot)."""
+    kept: list[float] = []
+    for c in sorted({round(c, 6) for c in cuts}):
+        if _EPS < c < duration_s - _EPS and c - (kept[-1] if kept else 0.0) >= min_shot_s - _EPS:
+            kept.append(c)
+    return kept
+
+
+def scene_bounds(duration_s: float, cuts: Iterable[float], chunk_s: float, min_chunk_s: float,
+                 min_shot_s: float = 0.0) -> list[tuple[float, float, bool]]:
+    """Chunks ``(start, end, starts_at_cut)`` that never span a kept shot cut (:func:`kept_cuts`).
+
+    Each shot (from a cut to the next) is cut by :func:`chunk_bounds`, so every cut is a
+    chunk boundary and every other boundary is one the length rule needs. A shot shorter
+    than ``min_chunk_s`` stays its own chunk: joining it to a neighbour would span a cut.
+    """
+    if duration_s <= 0:
+        return []
+    inner = kept_cuts(duration_s, cuts, min_shot_s)
+    edges = [0.0, *inner, round(duration_s, 6)]
+    out = []
+    for shot, (a, b) in enumerate(zip(edges, edges[1:], strict=False)):
+        pieces = chunk_bounds(b - a, chunk_s, min_chunk_s)
+        for i, (s, e) in enumerate(pieces):
+            end = b if i == len(pieces) - 1 else round(a + e, 6)
+            out.append((round(a + s, 6), end, shot > 0 and i == 0))
+    return out
+
+
 def split_points(bounds: list[tuple[float, float]], overrun_s: float | None = None) -> tuple[float, ...]:
     """Where the encoder must cut: every chunk start but the first.
 

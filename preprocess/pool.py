@@ -68,6 +68,30 @@ class EncodePool:
                 self.running.clear()
                 self._restart()
 
+    def submit(self, job: EncodeJob) -> None:
+        """Start one job now (watch mode feeds jobs as files arrive; see :meth:`collect`)."""
+        self.running[self.pool.submit(encode_video, job, self.cfg)] = job
+
+    def collect(self, timeout: float) -> list[EncodeOutcome]:
+        """Outcomes of submitted jobs that finish within ``timeout`` seconds (maybe none); after a
+        worker died, every job then in flight is run again alone, as :meth:`results` does."""
+        if not self.running:
+            return []
+        finished, _ = cf.wait(self.running, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        outs, suspects = [], []
+        for fut in finished:
+            job = self.running.pop(fut)
+            try:
+                outs.append(fut.result())
+            except BrokenProcessPool:
+                suspects.append(job)
+        if suspects:
+            suspects += self.running.values()
+            self.running.clear()
+            self._restart()
+            outs += [self._alone(job) for job in suspects]
+        return outs
+
     def _alone(self, job: EncodeJob) -> EncodeOutcome:
         try:
             return self.pool.submit(encode_video, job, self.cfg).result()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -14,6 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from vidshard.shards.inspect import source_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +84,30 @@ class VideoProgress:
 def _hms(s: float) -> str:
     h, rest = divmod(int(s), 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def balance(videos: Iterable[dict]) -> dict[str, Counter]:
+    """Seconds of video per class (``None``: unlabeled) and per source (``shards.inspect.source_of``:
+    top folder or host) of the journal's ``videos`` entries: the data balance of a (growing) set."""
+    by_class: Counter = Counter()
+    by_source: Counter = Counter()
+    for v in videos:
+        by_class[v.get("label_name")] += v["seconds"]
+        by_source[source_of(v["video"])] += v["seconds"]
+    return {"class": by_class, "source": by_source}
+
+
+def balance_lines(hours_by: dict[str, Counter], top: int = 10) -> list[str]:
+    """``hours by class: a 1.200, b 0.300`` (most first; the classes only when labeled)."""
+    lines = []
+    for what, seconds in hours_by.items():
+        if what == "class" and set(seconds) <= {None}:
+            continue
+        ranked = seconds.most_common()
+        parts = [f"{'(unlabeled)' if k is None else k} {v / 3600:.3f}" for k, v in ranked[:top]]
+        more = f", {len(ranked) - top} more" if len(ranked) > top else ""
+        lines.append(f"hours by {what}: {', '.join(parts)}{more}")
+    return lines
 
 
 def summary_table(run: RunFigures, total: RunFigures, title: str) -> Table:

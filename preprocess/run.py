@@ -7,7 +7,9 @@ folder; this process alone writes shards, the journal, the manifest and
 
 from __future__ import annotations
 
+import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +19,12 @@ from vidshard.shards.schema import failure_record
 
 from .config import PreprocessConfig
 from .encode import EncodeFailure, EncodeJob, EncodeOutcome, encode_video, read_staged, segment_of
+from .from_shards import extracted_source
 from .inputs import InputError, InputItem, list_inputs
 from .plan import chunk_bounds, class_list, output_size, part_of, part_prefix
 from .pool import EncodePool
 from .probe import ProbeError, probe
-from .report import RunFigures, VideoProgress, summary_lines, summary_table
+from .report import RunFigures, VideoProgress, balance, balance_lines, summary_lines, summary_table
 from .space import AFTER, OutputFailure, check_margin, output_errors
 from .store import STATE_DIR, OutputStore
 
@@ -44,6 +47,10 @@ class PreprocessResult:
     """Videos whose ffmpeg was stopped by a signal (not recorded as failed; a re-run retries them)."""
     failures: list[dict] = field(default_factory=list)
     """``failures.jsonl`` records added by this run."""
+    service: bool = False
+    """A ``--watch`` run, stopped by a signal as a service is (exit code 0)."""
+    hours_by: dict[str, Counter] = field(default_factory=dict)
+    """Seconds of video in the whole set per ``class`` and per ``source`` (top folder or host)."""
 
     @property
     def encoded(self) -> int:
@@ -52,7 +59,10 @@ class PreprocessResult:
 
     def exit_code(self, strict: bool = False) -> int:
         """0 when the shard set holds at least one video (and, with ``strict``, nothing failed);
-        1 also when some encode was stopped from outside, so a job script knows to run again."""
+        1 also when some encode was stopped from outside, so a job script knows to run again.
+        A ``--watch`` service that was told to stop exits 0."""
+        if self.service:
+            return 0
         if self.total.videos_ok == 0 or self.stopped:
             return 1
         return 1 if strict and self.total.videos_failed else 0
@@ -89,6 +99,10 @@ def check_folders(cfg: PreprocessConfig) -> None:
 def preprocess(cfg: PreprocessConfig, console: Console | None = None) -> PreprocessResult:
     """Preprocess ``cfg.input`` into the shard set ``cfg.output`` (resuming / adding to it)."""
     console = console or Console(stderr=True, quiet=False)
+    if cfg.watch:
+        from .watch import watch
+
+        return watch(cfg, console)
     t0 = time.monotonic()
     check_folders(cfg)
     items, names = select_inputs(cfg)
@@ -203,12 +217,12 @@ def _result(cfg: PreprocessConfig, store: OutputStore, t: _Tally, t0: float,
         shards=len(store.shards), bytes_in=sum(v["bytes_in"] for v in store.videos.values()),
         bytes_out=sum(s.bytes for s in store.shards))
     return PreprocessResult(output=cfg.output, run=figures, total=total, skipped=skipped, resumed=t.resumed,
-                            stopped=t.stopped, failures=t.failures)
+                            stopped=t.stopped, failures=t.failures, hours_by=balance(store.videos.values()))
 
 
 def _show_summary(cfg: PreprocessConfig, result: PreprocessResult, console: Console) -> None:
     if cfg.quiet:
-        for line in summary_lines(result.run, result.total):
+        for line in summary_lines(result.run, result.total) + balance_lines(result.hours_by):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
     title = f"vidshard preprocess -> {cfg.output}"
@@ -217,6 +231,8 @@ def _show_summary(cfg: PreprocessConfig, result: PreprocessResult, console: Cons
     if result.resumed:
         title += f" ({result.resumed} videos encoded by an interrupted run: packed, not re-encoded)"
     console.print(summary_table(result.run, result.total, title))
+    for line in balance_lines(result.hours_by):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if result.failures:
         where = cfg.output / "failures.jsonl"
         console.print(f"[yellow]{len(result.failures)} input(s) failed; reasons in {where}")
@@ -230,13 +246,16 @@ def _show_plan(cfg: PreprocessConfig, todo: list[InputItem], skipped: int, conso
         table.add_column(col)
     for it in todo:
         try:
-            info = probe(it.path)
+            if it.invalid:
+                raise EncodeFailure(it.invalid)
+            with tempfile.TemporaryDirectory() as tmp, extracted_source(it, Path(tmp)) as path:
+                info = probe(path)  # a shard-set input's video is copied out first
             start, duration = segment_of(it, info)
             chunks = len(chunk_bounds(duration, cfg.chunk_seconds, cfg.min_chunk_seconds))
             w, h = output_size(info.width, info.height, info.sar, info.rotation, cfg.short_side)
             table.add_row(it.display, it.label_name or "", f"{duration:.2f}", str(chunks), f"{w}x{h}",
                           f"{info.codec} {info.width}x{info.height} {info.fps:.3g} fps")
-        except (ProbeError, EncodeFailure, ValueError) as e:
+        except (ProbeError, EncodeFailure, ValueError, OSError) as e:
             table.add_row(it.display, it.label_name or "", "", "", "", f"[red]will fail: {e}")
     console.print(table)
     console.print(f"staging and journal would live in {cfg.output / STATE_DIR}")

@@ -129,8 +129,8 @@ class OutputStore:
             return
         old = Manifest.load(path)
         self.classes = old.classes
-        diff = {k: (old.settings.get(k), v) for k, v in self.settings.items()
-                if k not in _FREE_SETTINGS and old.settings.get(k) != v}
+        diff = {k: (old.settings.get(k), self.settings.get(k)) for k in {*self.settings, *old.settings}
+                if k not in _FREE_SETTINGS and old.settings.get(k) != self.settings.get(k)}
         if diff:
             what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
             raise SettingsMismatch(f"{self.folder} holds a shard set made with other settings ({what}); "
@@ -207,10 +207,26 @@ class OutputStore:
             self._open.keys.append(m.key)
             new += 1
         self._open.videos[vid] = {"video": meta["video"], "samples": len(meta["samples"]),
-                                  "seconds": meta["seconds"], "bytes_in": meta["bytes_in"]}
+                                  "seconds": meta["seconds"], "bytes_in": meta["bytes_in"],
+                                  "label_name": next((m.get("label_name") for m in meta["samples"]), None)}
         if not self._open.keys:  # every sample was already listed: complete it now
             self._commit(None)
         return new
+
+    @property
+    def open_samples(self) -> int:
+        """Samples in the shard being written (not yet published)."""
+        return len(self._open.keys)
+
+    def flush(self) -> ShardInfo | None:
+        """Publish the open shard now, however full (watch mode: new data never waits for a
+        full shard); the next sample opens the next shard."""
+        if self._writer is None:
+            return None
+        info = self._writer.close()
+        if info is not None or self._open.videos:
+            self._commit(info)
+        return info
 
     def finish(self) -> None:
         """Finish the open shard and write the final manifest."""

@@ -89,6 +89,10 @@ class Summary:
     """Shards that could not be read (missing or broken; ``vidshard verify`` says more)."""
     skipped: Counter = field(default_factory=Counter)
     """Samples skipped, per reason (``bad metadata``, ``not a regular file``, ``oversize member``, ...)."""
+    class_seconds: Counter = field(default_factory=Counter)
+    """Seconds of clips per ``label_name`` (``None``: unlabeled), the data balance of the set."""
+    source_seconds: Counter = field(default_factory=Counter)
+    """Seconds of clips per source (:func:`source_of` the sample's ``video``)."""
 
     @property
     def bad_metadata(self) -> int:
@@ -101,9 +105,21 @@ class Summary:
         self.videos.add(meta.video_id)
         self.seconds += duration
         self.classes[meta.label_name] += 1
+        self.class_seconds[meta.label_name] += duration
+        self.source_seconds[source_of(meta.video)] += duration
         self.resolutions[f"{meta.width}x{meta.height}"] += 1
         self.frame_rates[round(meta.fps, 2)] += 1
         self.durations.append(duration)
+
+
+def source_of(video: str) -> str:
+    """Where a sample's video came from, for the balance of a growing set: the host of a URL, else the
+    top folder of its path under the input root (a camera, a site, a batch); ``.`` for a file at the root."""
+    scheme, sep, rest = video.partition("://")
+    if sep and scheme.isalpha():
+        return rest.split("/", 1)[0] or video
+    head, slash, _ = video.lstrip("/").partition("/")
+    return head if slash else "."
 
 
 def sheet_picks(counts: list[int], n: int) -> set[int]:
@@ -250,13 +266,15 @@ def summary_tables(s: Summary) -> list[Table]:
         overview.add_row(k, escape(v))  # names and settings come from the set: text, not markup
     tables = [overview]
     if any(name is not None for name in s.classes):
-        classes = Table("id", "class", "samples", title="classes", title_justify="left")
+        classes = Table("id", "class", "samples", "hours", title="classes", title_justify="left")
         names = m.classes or sorted(n for n in s.classes if n is not None)
         for i, name in enumerate(names):
-            classes.add_row(str(i), escape(name), str(s.classes.get(name, 0)))
+            classes.add_row(str(i), escape(name), str(s.classes.get(name, 0)),
+                            f"{s.class_seconds.get(name, 0.0) / 3600:.3f}")
         if s.classes.get(None):
-            classes.add_row("-", "(unlabeled)", str(s.classes[None]))
+            classes.add_row("-", "(unlabeled)", str(s.classes[None]), f"{s.class_seconds[None] / 3600:.3f}")
         tables.append(classes)
+    tables.append(hours_table("sources (top folder or host)", s.source_seconds))
     spreads = (("resolutions", "WxH", s.resolutions), ("frame rates", "fps", s.frame_rates))
     for title, head, counter in spreads:
         t = Table(head, "samples", title=title, title_justify="left")
@@ -264,3 +282,16 @@ def summary_tables(s: Summary) -> list[Table]:
             t.add_row(escape(str(value)), str(n))
         tables.append(t)
     return tables
+
+
+def hours_table(title: str, seconds: Counter, top: int = 20) -> Table:
+    """Hours per name, most first; beyond ``top`` names, one row for the rest."""
+    t = Table("name", "hours", "share", title=title, title_justify="left")
+    total = sum(seconds.values()) or 1.0
+    ranked = seconds.most_common()
+    rest = sum(v for _, v in ranked[top:])
+    for name, v in ranked[:top]:
+        t.add_row(escape(str(name)), f"{v / 3600:.3f}", f"{v / total:.0%}")
+    if rest:
+        t.add_row(f"({len(ranked) - top} more)", f"{rest / 3600:.3f}", f"{rest / total:.0%}")
+    return t

@@ -128,6 +128,9 @@ class LoaderConfig:
     timeout_s + its bytes / 256 KiB/s (a stalled or dripping server fails instead of hanging)."""
     cache_limit: int | None = None
     """Bytes the cache may hold; least-recently-used shards not being read are evicted (None: no limit)."""
+    follow: bool = False
+    """A growing set (``preprocess --watch``): re-read the manifest at the start of each epoch and take
+    in the shards added since. Off: the set, and so the epoch length, is fixed when the loader opens."""
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -284,10 +287,47 @@ class ClipLoader:
         return samples_per_rank(total, self.world_size) * self.cfg.clips_per_batch_sample
 
     def set_epoch(self, epoch: int) -> None:
-        """Read ``epoch`` next (from its start, unless a loaded state stopped inside it)."""
+        """Read ``epoch`` next (from its start, unless a loaded state stopped inside it); with ``follow``,
+        a fresh epoch first takes in the shards the manifest lists now."""
         if epoch != self.epoch or self._done:
             self.epoch, self._history, self._layout, self._step, self._done = epoch, (), None, 0, False
             self._batches = -1
+            if self.cfg.follow:
+                self._follow()
+
+    def _followed(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A growing set's position from before it grew: its epoch order is gone, so the next whole
+        epoch (this one, when the state was at its start) reads the set as it is now."""
+        here = shard_set_id(self.source)
+        if not self.cfg.follow or not isinstance(state, dict) or state.get("set") in (None, here):
+            return state
+        epoch = int(state.get("epoch", 0)) + bool(state.get("segments") or state.get("batches"))
+        log.warning("follow: %s changed since the checkpoint; going on at the start of epoch %d",
+                    self.cfg.source, epoch)
+        return {**state, "set": here, "epoch": epoch, "segments": [], "batches": 0, "samples": 0}
+
+    def _follow(self) -> None:
+        """Re-read the manifest; when its shards changed, read the new list from this epoch on (the
+        workers hold the old list, so they are restarted). A manifest that cannot be read now (being
+        replaced, a server hiccup) leaves the set as it was for one more epoch."""
+        if self.source.counts is None:
+            return  # a pattern or pipe: has no manifest to follow
+        try:
+            fresh = resolve(self.cfg.source, self.cfg.cache_dir, policy=self.source.policy)
+            check_claims(fresh)
+        except (OSError, ValueError) as exn:
+            log.warning("follow: %s: manifest not re-read (%s); the set stays as it was", self.cfg.source,
+                        exn)
+            return
+        if fresh.classes != self.source.classes:  # the model's head was sized for the old classes
+            log.warning("follow: %s: the classes changed (%s); new shards not taken in, restart training to "
+                        "use them", self.cfg.source, fresh.classes)
+            return
+        if shard_set_id(fresh) != shard_set_id(self.source):
+            log.info("follow: %s now holds %d samples in %d shards (was %d)", self.cfg.source,
+                     sum(fresh.counts), len(fresh.counts), sum(self.source.counts))
+            self._close_live()
+            self.source = fresh
 
     def __len__(self) -> int:
         total = self.num_samples
@@ -337,7 +377,9 @@ class ClipLoader:
         return rank_batches(total, self.world_size, here.per_batch, self.cfg.drop_last) - step
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Go on from ``state`` (refusing one that cannot continue here, with the reason)."""
+        """Go on from ``state`` (refusing one that cannot continue here, with the reason). With ``follow``,
+        a state saved on the set as it was before it grew goes on at the start of the next epoch."""
+        state = self._followed(state)
         why = _refusal(state, self.cfg, shard_set_id(self.source))
         if why:
             raise ValueError(f"cannot resume the loader: {why}")

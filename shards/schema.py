@@ -132,6 +132,8 @@ class SampleMeta:
     """Class name, when labeled."""
     caption: str | None = None
     """Free text from the input list, when given."""
+    starts_at_cut: bool | None = None
+    """With ``--split-at-scenes``: whether the chunk starts at a shot cut (``None``: not detected)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further fields a writer chose to add; kept on round trips."""
 
@@ -182,6 +184,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "video": (str,), "video_id": (str,), "chunk": (int,), "start_s": _NUMBER, "end_s": _NUMBER,
     "frames": (int,), "fps": _NUMBER, "width": (int,), "height": (int,),
     "label": (int, type(None)), "label_name": (str, type(None)), "caption": (str, type(None)),
+    "starts_at_cut": (bool, type(None)),
 }
 """Type of each ``KEY.json`` field (``label``, ``label_name`` and ``caption`` may be absent)."""
 
@@ -192,7 +195,7 @@ def _check_meta_field(d: dict[str, Any], name: str, kinds: tuple[type, ...]) -> 
             return
         raise MemberError(f"metadata has no {name!r}")
     v = d[name]
-    if isinstance(v, bool) or not isinstance(v, kinds):
+    if (isinstance(v, bool) and bool not in kinds) or not isinstance(v, kinds):
         raise MemberError(f"metadata {name!r} is {v!r:.40}, not a {kinds[0].__name__}")
     if isinstance(v, (int, float)) and not 0 <= v < float("inf"):
         raise MemberError(f"metadata {name!r} is {v!r:.40}; it must be a non-negative finite number")

@@ -92,6 +92,9 @@ class TrainConfig:
     timeout: float = 60.0
     """http(s) shard sets: seconds a connection or read may stall; a shard's whole transfer must end
     within this plus its size at 256 KiB/s (a hung or dripping server fails, it never waits forever)."""
+    follow: bool = False
+    """A growing shard set (``preprocess --watch``): each epoch takes in the shards added since the last
+    (``--epochs`` counts batches at the start, so bound such a run with ``--steps``)."""
     seed: int = 0
     """Seed of the model init, data order, crops and masks."""
     device: str = "auto"

@@ -40,7 +40,7 @@ def train_loader(cfg: TrainConfig, rank: int, world_size: int) -> ClipLoader:
                       scale=tuple(cfg.crop_scale), flip=cfg.flip, batch_size=cfg.batch_size,
                       workers=cfg.workers, seed=cfg.seed,
                       clips_per_sample=cfg.clips_per_sample, cache_dir=cfg.cache_dir, timeout_s=cfg.timeout,
-                      cache_limit=cache_limit_bytes(cfg.cache_limit))
+                      cache_limit=cache_limit_bytes(cfg.cache_limit), follow=cfg.follow)
     return ClipLoader(lc, rank=rank, world_size=world_size)
 
 

@@ -22,10 +22,13 @@ def test_help_documents_every_option() -> None:
     text = runner.invoke(app, ["preprocess", "--help"], terminal_width=200).output
     for opt in ("--chunk-seconds", "--min-chunk-seconds", "--short-side", "--fps", "--crf", "--gop",
                 "--keep-audio", "--labels-from-dirs", "--shard-size", "--workers", "--part", "--quiet",
-                "--dry-run", "--strict", "--retry-failed", "--min-free-space", "--tune"):
+                "--dry-run", "--strict", "--retry-failed", "--tune", "--min-free-space", "--split-at-scenes",
+                "--scene-threshold", "--min-shot-seconds", "--watch", "--settle-seconds", "--flush-seconds",
+                "--poll", "--poll-seconds"):
         assert opt in text, opt
     assert "bench" in runner.invoke(app, ["--help"]).output
     assert "--json" in runner.invoke(app, ["bench", "preprocess", "--help"], terminal_width=200).output
+    assert "--flicker" in runner.invoke(app, ["bench", "scenes", "--help"], terminal_width=200).output
 
 
 def test_exit_codes(tmp_path: Path, make_video) -> None:

@@ -65,3 +65,23 @@ def test_broken_shard_is_counted_not_fatal(shardset):
     for t in summary_tables(s):
         console.print(t)
     assert "run vidshard verify" in console.export_text()
+
+
+def test_hours_per_class_and_per_source(shardset):
+    s = inspect(InspectConfig(location=str(shardset), progress=False))
+    assert s.class_seconds == pytest.approx({"moving": 3.0, "counter": 3.0})
+    assert s.source_seconds == pytest.approx({"moving": 3.0, "counter": 3.0})  # in moving/, counter/
+    console = Console(record=True, width=160)
+    for t in summary_tables(s):
+        console.print(t)
+    text = console.export_text()
+    assert "sources" in text and "0.001" in text and "50%" in text
+
+
+def test_source_of():
+    from vidshard.shards.inspect import source_of
+
+    assert source_of("cam1/2026-01-01/a.mp4") == "cam1"
+    assert source_of("a.mp4") == "."
+    assert source_of("https://videos.example.org/x/1.mp4") == "videos.example.org"
+    assert source_of("/abs/path/v.mp4") == "abs"

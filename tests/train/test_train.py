@@ -158,7 +158,8 @@ def test_cli_help_lists_the_options() -> None:
     runner = CliRunner()
     text = runner.invoke(app, ["train", "--help"], terminal_width=200).output
     for opt in ("--model", "--frames", "--stride", "--size", "--batch-size", "--epochs", "--steps", "--lr",
-                "--workers", "--out", "--seed", "--val", "--config", "--resume", "--init-from", "--no-flip"):
+                "--workers", "--out", "--seed", "--val", "--config", "--resume", "--init-from", "--no-flip",
+                "--follow"):
         assert opt in text, opt
     assert "Peak learning rate" in text  # help texts come from TrainConfig's field docs
     text = runner.invoke(app, ["eval", "--help"], terminal_width=200).output
