@@ -173,7 +173,7 @@ def _sample_metas(job: EncodeJob, info: ProbeInfo, start: float, chunks: list[di
             video=item.rel, video_id=item.vid, chunk=i, start_s=round(t, 6), end_s=round(end, 6),
             frames=c["frames"], fps=round(c["fps"], 6), width=c["width"], height=c["height"],
             label=job.label, label_name=item.label_name if job.label is not None else None,
-            caption=item.caption))
+            caption=item.caption, captions=list(item.captions) or None))
         t = end
     return metas
 

@@ -66,23 +66,23 @@ class SlotRing:
 
 
 def _cat(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pieces joined along the batch: tensors concatenated, lists (keys) chained; any further tensor
+    fields (e.g. a contrastive run's ``text``) travel like ``label``."""
     if len(pieces) == 1:
         return pieces[0]
-    return {"video": torch.cat([p["video"] for p in pieces]),  # (B, ...) along the batch
-            "label": torch.cat([p["label"] for p in pieces]),
-            "key": [k for p in pieces for k in p["key"]], "valid": torch.cat([p["valid"] for p in pieces])}
+    return {k: [x for p in pieces for x in p[k]] if isinstance(v, list) else torch.cat([p[k] for p in pieces])
+            for k, v in pieces[0].items()}
 
 
 def _slice(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
-    return {"video": batch["video"][start:stop], "label": batch["label"][start:stop],
-            "key": batch["key"][start:stop], "valid": batch["valid"][start:stop]}
+    return {k: v[start:stop] for k, v in batch.items()}
 
 
 def _repeats(recent: dict[str, Any], count: int) -> dict[str, Any]:
     """``count`` clips cycled from ``recent``, marked invalid."""
     idx = torch.arange(count) % len(recent["key"])
-    return {"video": recent["video"][idx], "label": recent["label"][idx],
-            "key": [recent["key"][i] for i in idx.tolist()], "valid": torch.zeros(count, dtype=torch.bool)}
+    out = {k: [v[i] for i in idx.tolist()] if isinstance(v, list) else v[idx] for k, v in recent.items()}
+    return out | {"valid": torch.zeros(count, dtype=torch.bool)}
 
 
 def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None, drop_last: bool,

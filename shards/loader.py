@@ -44,6 +44,7 @@ from .batches import SLOTS, LoaderStats, SlotRing, copy_out, rebatch
 from .decode import INTERPOLATIONS, crop_resize, decode_views
 from .location import ShardSource, resolve
 from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec, plan_sample
+from .schema import sample_captions
 from .split import Span, batches_per_epoch, rank_spans, samples_per_rank, unsized_spans, worker_spans
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ class LoaderConfig:
     """swscale filter for the fused crop and resize: bilinear, area, bicubic or fast_bilinear."""
     cache_dir: str | None = None
     """Cache http(s) shards here (downloaded once, sha256-checked); None streams them."""
+    text: Any = None
+    """Contrastive runs: a picklable ``f(captions, rng) -> {name: tensor}`` run in the workers on each
+    sample's captions (``train.text.CaptionTokens``: pick one, tokenise); its tensors join the batch
+    like ``label``. A sample without any caption is then skipped and counted."""
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -230,13 +235,25 @@ def _decode_clips(src: Iterator[dict], cfg: LoaderConfig, rng: random.Random,
             if ext is None:
                 raise ValueError(f"no video member (one of {VIDEO_EXTS})")
             label = read_label(sample)
+            extra = _caption_fields(sample, cfg, rng)
             clips = decode_views(sample[ext], lambda n, w, h: plan_sample(n, w, h, spec, rng), cfg.threads())
         except Exception as exn:  # any failure of one sample must not end the epoch
             log.warning("skipping corrupt sample %s in %s: %s", key, sample.get("__url__", "?"), exn)
             report.items.append((key, f"{type(exn).__name__}: {exn}"[:300]))
             continue
         for views in clips:
-            yield {"views": views, "label": label, "key": key}
+            yield {"views": views, "label": label, "key": key, **extra}
+
+
+def _caption_fields(sample: dict[str, Any], cfg: LoaderConfig, rng: random.Random) -> dict[str, Any]:
+    """``cfg.text`` applied to the sample's captions (nothing without ``cfg.text``)."""
+    if cfg.text is None:
+        return {}
+    captions = sample_captions(json.loads(sample["json"])) if "json" in sample else []
+    if not captions:
+        raise ValueError("no caption (a contrastive run needs 'caption' or 'captions' in KEY.json: "
+                         "preprocess a list with a caption column)")
+    return cfg.text(captions, rng)
 
 
 def _collate(clips: list[dict[str, Any]], cfg: LoaderConfig, report: _Report,
@@ -260,8 +277,9 @@ def _collate(clips: list[dict[str, Any]], cfg: LoaderConfig, report: _Report,
             log.warning("skipping clip of %s: %s", c["key"], exn)
             report.items.append((c["key"], f"{type(exn).__name__}: {exn}"[:300]))
             out[i], valid[i] = 0, False
+    extra = {k: torch.stack([c[k] for c in clips]) for k in clips[0] if k not in ("views", "label", "key")}
     return batch | {"video": video, "label": torch.tensor([c["label"] for c in clips], dtype=torch.int64),
-                    "key": [c["key"] for c in clips], "valid": valid}
+                    "key": [c["key"] for c in clips], "valid": valid} | extra
 
 
 def _attach_reports(src: Iterator[dict], report: _Report) -> Iterator[dict[str, Any]]:

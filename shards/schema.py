@@ -98,7 +98,9 @@ class SampleMeta:
     label_name: str | None = None
     """Class name, when labeled."""
     caption: str | None = None
-    """Free text from the input list, when given."""
+    """Free text from the input list, when given (the first, when there are several)."""
+    captions: list[str] | None = None
+    """Every caption, when the input list gave several for this clip (a contrastive run samples one)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further fields a writer chose to add; kept on round trips."""
 
@@ -124,6 +126,22 @@ class SampleMeta:
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
         return cls(**known, extra=extra)
+
+
+def sample_captions(meta: dict[str, Any]) -> list[str]:
+    """The distinct non-empty captions of a parsed ``KEY.json`` (``caption`` first, then ``captions``).
+
+    Untrusted input: a ``caption`` that is not a string or ``captions`` that is not a list of strings
+    raises ``ValueError`` naming the field.
+    """
+    caption, captions = meta.get("caption"), meta.get("captions")
+    if caption is not None and not isinstance(caption, str):
+        raise ValueError(f"KEY.json 'caption' must be a string, got {type(caption).__name__}")
+    if captions is not None and (not isinstance(captions, list) or
+                                 not all(isinstance(c, str) for c in captions)):
+        raise ValueError("KEY.json 'captions' must be a list of strings")
+    texts = [caption, *(captions or [])]
+    return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
 
 def sample_members(meta: SampleMeta, mp4: bytes) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import tomllib
 
-OBJECTIVES = ("supervised", "mae")
+OBJECTIVES = ("supervised", "mae", "clip")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,7 +26,8 @@ class TrainConfig:
     out: str = "runs/train"
     """Run folder: config.json, metrics.jsonl, TensorBoard events, checkpoints/."""
     objective: str = "supervised"
-    """``supervised`` (classification from the shard set's labels) or ``mae`` (masked pretraining)."""
+    """``supervised`` (classification from the shard set's labels), ``mae`` (masked pretraining) or ``clip``
+    (video-text contrastive, from the samples' captions)."""
     model: str = "vit-t"
     """Model preset: ``vit-t``, ``vit-s``, ``vit-b`` or ``vit-l``."""
     frames: int = 16
@@ -79,6 +80,17 @@ class TrainConfig:
     """MAE: decoder width."""
     decoder_depth: int = 4
     """MAE: decoder blocks."""
+    text_model: str = "tiny"
+    """clip: text tower, a preset (``tiny``, ``clip-b16``: fresh weights) or a folder / hub name of a
+    pretrained CLIP text model (e.g. ``openai/clip-vit-base-patch16``)."""
+    tokenizer: str | None = None
+    """clip: a tokenizer.json file, a folder with one, or a hub name (default: the text model's own; a
+    byte-level one for a preset)."""
+    embed_dim: int = 0
+    """clip: width of the shared video-text embedding (0: 256 for vit-t, 384 vit-s, 512 vit-b, 768 vit-l)."""
+    vit_arch: str = "vidshard"
+    """clip: video tower layout, ``vidshard`` or ``clip`` (CLIP's image tower: pre-norm, QuickGELU, class
+    token, learned positions), needed to start from image-CLIP weights with --init-from."""
     workers: int = 2
     """Data-loading worker processes per training process (0 = in the main process)."""
     cache_dir: str | None = None
@@ -139,7 +151,11 @@ class TrainConfig:
             raise ValueError(f"crop_scale {self.crop_scale} must satisfy 0 < min <= max <= 1")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if min(self.workers, self.eval_every, self.clip_grad, self.threads) < 0:
+        if self.vit_arch not in ("vidshard", "clip"):
+            raise ValueError(f"vit_arch must be 'vidshard' or 'clip', got {self.vit_arch!r}")
+        if self.vit_arch == "clip" and self.objective != "clip":
+            raise ValueError("--vit-arch clip is for --objective clip")
+        if min(self.workers, self.eval_every, self.clip_grad, self.threads, self.embed_dim) < 0:
             raise ValueError("workers, eval_every, clip_grad and threads may not be negative")
 
     def to_dict(self) -> dict[str, Any]:
