@@ -100,13 +100,15 @@ class _Path:
         self.obj = get_objective(objective)
         self.model = self.obj.build_model(tc, cfg.num_classes).to(self.dev).train()
         self.opt = build_optimizer(self.model, lr=1e-4, weight_decay=0.05, device=self.dev)
-        self.video = torch.randn(cfg.batch_size, 3, cfg.frames, cfg.size, cfg.size, device=self.dev)
-        self.labels = torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=self.dev)
+        B = cfg.batch_size
+        self.batch = {"video": torch.randn(B, 3, cfg.frames, cfg.size, cfg.size, device=self.dev),
+                      "label": torch.randint(0, cfg.num_classes, (B,), device=self.dev),
+                      "valid": torch.ones(B, dtype=torch.bool, device=self.dev)}
 
     def step(self) -> float:
         t0 = time.perf_counter()
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda"):
-            loss, _ = self.obj.loss(self.model, self.video, self.labels)
+            loss, _ = self.obj.loss(self.model, self.batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

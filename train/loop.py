@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..shards.schema import atomic_write
 from . import distributed
@@ -32,12 +32,13 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
-from .data import normalize, train_loader, val_loader_for
+from .data import train_loader, val_loader_for
 from .distributed import DistInfo
 from .evaluate import evaluate_model
-from .metrics import Meter, RunLog, progress_bar, truncate_metrics
+from .metrics import Meter, RunLog, check_finite, progress_bar, truncate_metrics
 from .objectives import Objective, get_objective
 from .optim import build_optimizer, lr_at, set_lr
+from .prefetch import device_batch
 
 
 @dataclass(frozen=True)
@@ -61,22 +62,24 @@ def seed_everything(seed: int) -> None:
 
 
 def train_step(model: nn.Module, objective: Objective, batch: dict[str, Any],
-               optimizer: torch.optim.Optimizer, *, lr: float, clip_grad: float, device: torch.device,
-               amp: bool) -> dict[str, float]:
-    """One optimizer step on one batch: normalise on the device, forward under bf16 autocast on CUDA,
-    backward, clip, step. Returns loss, lr, grad_norm and the objective's own metrics."""
-    video = normalize(batch["video"], device)  # (B, C, T, H, W) float32
-    labels = batch["label"].to(device, non_blocking=True)  # (B,)
+               optimizer: torch.optim.Optimizer, *, lr: float, clip_grad: float, amp: bool
+               ) -> dict[str, Tensor]:
+    """One optimizer step on one device batch (:func:`~vidshard.train.prefetch.device_batch`): forward
+    under bf16 autocast on CUDA, backward, clip, step.
+
+    Returns 0-dim device tensors (loss, grad_norm and the objective's metrics) without waiting for the
+    GPU: nothing here reads a value back to the host. A non-finite loss shows in ``grad_norm``, which is
+    the same on every rank after DDP's all-reduce; the loop checks it when it logs.
+    """
+    device = batch["video"].device
     set_lr(optimizer, lr)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-        loss, metrics = objective.loss(model, video, labels)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss.item()}; try a lower --lr or a longer warm-up")
+        loss, metrics = objective.loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad if clip_grad > 0 else math.inf)
     optimizer.step()
-    return {"loss": loss.item(), "lr": lr, "grad_norm": float(norm), **metrics}
+    return {"loss": loss.detach(), "grad_norm": norm.detach(), **{k: v.detach() for k, v in metrics.items()}}
 
 
 @dataclass
@@ -174,13 +177,16 @@ def _validate(run: _Run, val_loader: Any) -> dict[str, Any] | None:
 def _validation_loss(run: _Run, val_loader: Any) -> dict[str, float]:
     """Mean objective loss over the validation clips (first view of each sample)."""
     run.model.eval()
-    total, clips = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=run.info.device)
+    clips = torch.zeros((), dtype=torch.int64, device=run.info.device)
     for batch in val_loader:
-        video = normalize(batch["video"][:, 0], run.info.device)  # (B, V, C, T, H, W) -> (B, C, T, H, W)
-        labels = batch["label"].to(run.info.device)
-        loss, _ = run.objective.loss(run.model, video, labels)
-        total, clips = total + loss.item() * len(labels), clips + len(labels)
-    return {"loss": total / max(clips, 1), "clips": clips}
+        first_view = {**batch, "video": batch["video"][:, 0]}  # (B, V, C, T, H, W) -> (B, C, T, H, W)
+        dev = device_batch(first_view, run.info.device)
+        loss, _ = run.objective.loss(run.model, dev)  # mean over the batch's valid clips
+        n = dev["valid"].sum()
+        total, clips = total + loss.double() * n, clips + n
+    n = int(clips.item())
+    return {"loss": total.item() / max(n, 1), "clips": n}
 
 
 def _batches(run: _Run):
@@ -235,32 +241,35 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
         task = bar.add_task("train", total=run.total, completed=run.step, loss=float("nan"),
                             clips_per_s=0.0, data_wait=0.0)
         batches = _batches(run)
-        t0 = time.perf_counter()
         while run.step < stop_at:
-            epoch, batch = next(batches)
-            t1 = time.perf_counter()
+            t0 = time.perf_counter()
+            epoch, raw = next(batches)
+            wait = time.perf_counter() - t0  # blocked on the loader only: the step below does not sync
+            batch = device_batch(raw, info.device)
             lr = lr_at(run.step, total=run.total, base_lr=cfg.lr, warmup=run.warmup, min_lr=cfg.min_lr)
             m = train_step(run.wrapped, run.objective, batch, run.optimizer, lr=lr, clip_grad=cfg.clip_grad,
-                           device=info.device, amp=cfg.amp)
+                           amp=cfg.amp)
             run.step += 1
-            t2 = time.perf_counter()
-            meter.add(wait_s=t1 - t0, step_s=t2 - t1, clips=len(batch["label"]), values=m)
-            t0 = t2
-            # -- every log_every steps: metrics.jsonl, TensorBoard, progress bar
+            meter.add(wait_s=wait, clips=len(batch["label"]), values=m)
+            # -- every log_every steps: metrics.jsonl, TensorBoard, progress bar (the one host sync)
             if run.step % cfg.log_every == 0 or run.step == stop_at:
                 summary = distributed.mean_across(meter.summary(info.world_size), info)
+                check_finite(summary, run.step)
                 summary["lr"], summary["epoch"] = lr, epoch
                 log.write(run.step, summary)
                 bar.update(task, completed=run.step, loss=summary["loss"],
                            clips_per_s=summary["clips_per_s"], data_wait=summary["data_wait"])
                 meter.reset()
-            # -- every eval_every steps: validation
-            if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.total and (
-                    v := _validate(run, val_loader)) is not None:
-                log.write(run.step, _scalars(v), prefix="val")
-            # -- every ckpt_every steps, and where this invocation stops: checkpoint
+            # -- every eval_every steps: validation (its time is not counted in the throughput)
+            if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.total:
+                with meter.paused():
+                    if (v := _validate(run, val_loader)) is not None:
+                        log.write(run.step, _scalars(v), prefix="val")
+            # -- every ckpt_every steps, and where this invocation stops: checkpoint (never of NaN weights)
             if run.step % cfg.ckpt_every == 0 or run.step == stop_at:
-                ckpt = _save(run) or ckpt
+                with meter.paused():
+                    check_finite(meter.summary(), run.step)
+                    ckpt = _save(run) or ckpt
     if run.step == run.total and (val := _validate(run, val_loader)) is not None:
         log.write(run.step, _scalars(val), prefix="val")
         if info.is_main:

@@ -227,12 +227,16 @@ class MaskedVideoAutoencoder(nn.Module):
         """
         return masked_mse(pred.float(), self.targets(video.float()), mask)
 
-    def forward(self, video: Tensor, generator: torch.Generator | None = None
+    def forward(self, video: Tensor, generator: torch.Generator | None = None, valid: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(B, C, T, H, W)`` -> ``(loss, pred (B, N, L), mask (B, N))`` with a fresh tube mask."""
+        """``(B, C, T, H, W)`` -> ``(loss, pred (B, N, L), mask (B, N))`` with a fresh tube mask.
+
+        ``valid`` ``(B,)`` bool: clips marked False (padding) are left out of the loss.
+        """
         ids_keep, ids_restore, mask = self.mask(video, generator)
         pred = self.forward_decoder(self.forward_encoder(video, ids_keep), ids_restore, self.grid_of(video))
-        return self.forward_loss(video, pred, mask), pred, mask
+        counted = mask if valid is None else mask * valid[:, None].to(mask.dtype)  # (B, N)
+        return self.forward_loss(video, pred, counted), pred, mask
 
     @torch.no_grad()
     def reconstruct(self, video: Tensor, generator: torch.Generator | None = None
@@ -284,7 +288,10 @@ class MAEObjective:
                         decoder_depth=cfg.decoder_depth)
         return build_mae(vit_config(cfg, 0), mae)
 
-    def loss(self, model: nn.Module, video: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """video: ``(B, C, T, H, W)`` normalised float; labels are ignored (-1 on unlabeled sets)."""
-        loss, _, mask = model(video)  # through forward, so DDP sees the call
-        return loss, {"masked": mask.mean().item()}
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Masked reconstruction loss over the valid clips of ``batch`` (labels are not used);
+        ``masked``: the share of tokens masked. See :mod:`vidshard.train.objectives` for the batch."""
+        valid = batch["valid"]
+        loss, _, mask = model(batch["video"], valid=valid)  # through forward, so DDP sees the call
+        keep = valid.to(mask.dtype)  # (B,)
+        return loss, {"masked": (mask.mean(1) * keep).sum() / keep.sum().clamp(min=1.0)}

@@ -6,12 +6,15 @@ and averages loss and friends over a logging interval.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
-from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,38 +23,74 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch import Tensor
 
 METRICS_FILE = "metrics.jsonl"
 
 
 class Meter:
-    """Accumulates one logging interval: data-wait and compute seconds, clips, scalar means."""
+    """One logging interval: the step metrics as device tensors, read back in one host sync.
+
+    ``add`` only keeps references (no ``.item()``, so the GPU is never waited for); ``summary`` stacks
+    them, copies them to the host once and averages. Throughput is clips over the interval's wall time
+    (taken after that sync, so it counts finished GPU work); ``data_wait`` is the share of it spent
+    blocked on the loader.
+    """
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.wait_s = 0.0
-        self.step_s = 0.0
         self.clips = 0
-        self.steps = 0
-        self.sums: dict[str, float] = defaultdict(float)
+        self.rows: list[dict[str, Tensor]] = []
+        self._host: list[dict[str, float]] | None = None
+        self.start = time.perf_counter()
 
-    def add(self, *, wait_s: float, step_s: float, clips: int, values: dict[str, float]) -> None:
+    def add(self, *, wait_s: float, clips: int, values: dict[str, Tensor]) -> None:
         self.wait_s += wait_s
-        self.step_s += step_s
         self.clips += clips
-        self.steps += 1
-        for k, v in values.items():
-            self.sums[k] += v
+        self.rows.append(values)
+        self._host = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time spent inside (validation, checkpoints) out of the interval."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - t0
+
+    def read(self) -> list[dict[str, float]]:
+        """Every step's values on the host (one device-to-host copy for the whole interval)."""
+        if self._host is None:
+            keys = sorted(self.rows[0]) if self.rows else []
+            table = torch.stack([torch.stack([r[k].float() for k in keys]) for r in self.rows]).tolist() \
+                if self.rows else []
+            self._host = [dict(zip(keys, row, strict=True)) for row in table]
+        return self._host
 
     def summary(self, world_size: int = 1) -> dict[str, float]:
         """Means over the interval; ``clips_per_s`` counts every rank (all step at the same pace)."""
-        total = self.wait_s + self.step_s
-        out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        rows = self.read()
+        total = time.perf_counter() - self.start
+        out = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}
         out["clips_per_s"] = self.clips * world_size / total if total > 0 else 0.0
-        out["data_wait"] = self.wait_s / total if total > 0 else 0.0
+        out["data_wait"] = min(1.0, self.wait_s / total) if total > 0 else 0.0
         return out
+
+
+def check_finite(summary: dict[str, float], step: int) -> None:
+    """Stop on a non-finite gradient norm (a loss that became inf/NaN on any rank).
+
+    The norm is taken after DDP's all-reduce, so every rank sees the same value and all stop together
+    with this message instead of waiting for a rank that stopped alone.
+    """
+    norm = summary.get("grad_norm", 0.0)
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"step {step}: the loss or its gradients became non-finite (mean grad norm "
+                                 f"over the last steps: {norm}); try a lower --lr or a longer warm-up")
 
 
 class RunLog:
