@@ -135,6 +135,23 @@ def summarize(cfg: InspectConfig) -> tuple[Summary, list[tuple[SampleMeta, bytes
     return summary, chosen
 
 
+def sample_metadata(location: str) -> Iterator[tuple[str, dict]]:
+    """``(key, parsed KEY.json)`` of every sample of a shard set, in order, without reading videos
+    (``vidshard eval --retrieval`` takes the captions from here). A ``KEY.json`` that does not parse
+    gives an empty dict; an unreadable shard raises ``OSError`` naming it."""
+    manifest, base = open_manifest(location)
+    for info in manifest.shards:
+        try:
+            for key, _, data in _iter_members(base, info.name, lambda i: False):
+                try:
+                    meta = json.loads(data)
+                except ValueError:
+                    meta = {}
+                yield key, meta if isinstance(meta, dict) else {}
+        except (tarfile.TarError, EOFError) as e:
+            raise OSError(f"{info.name}: unreadable shard ({e}); run vidshard verify") from None
+
+
 def _meta(data: bytes) -> SampleMeta | None:
     try:
         return SampleMeta.from_dict(json.loads(data))

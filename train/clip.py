@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .config import TrainConfig
 from .model import VideoViT
-from .text import TextSpec, build_text_tower, load_pretrained_text, text_features, text_spec
+from .text import CaptionTokens, TextSpec, build_text_tower, load_pretrained_text, text_features, text_spec
 
 EMBED_DIMS = {"vit-t": 256, "vit-s": 384, "vit-b": 512, "vit-l": 768}
 """Default shared embedding width per video preset (``--embed-dim 0``)."""
@@ -135,17 +135,56 @@ def embed_dim_for(cfg: TrainConfig) -> int:
     return cfg.embed_dim or EMBED_DIMS.get(cfg.model, 512)
 
 
-def build_clip(cfg: TrainConfig, spec: TextSpec | None = None) -> VideoTextModel:
-    """The dual encoder ``cfg`` asks for. Without ``spec`` it is resolved from ``--text-model`` and
-    ``--tokenizer`` (files or the hub) and pretrained text weights are loaded; with one (rebuilding a
-    checkpoint) nothing is read."""
+def build_clip(cfg: TrainConfig, spec: TextSpec, load_pretrained: bool = True) -> VideoTextModel:
+    """The dual encoder ``cfg`` asks for, with the text tower of ``spec`` (its pretrained weights
+    loaded when it names them and ``load_pretrained``; a rebuilt checkpoint needs none)."""
     from .inflate import build_video_tower
     from .objectives import vit_config
 
-    fresh = spec is None
-    if spec is None:
-        spec = text_spec(cfg.text_model, cfg.tokenizer, embed_dim_for(cfg))
     model = VideoTextModel(build_video_tower(vit_config(cfg, 0), cfg.vit_arch), spec, embed_dim_for(cfg))
-    if fresh and spec.pretrained:
+    if load_pretrained and spec.pretrained:
         load_pretrained_text(model.text, spec.pretrained)
     return model
+
+
+class ClipObjective:
+    """``--objective clip``: the loop's interface to contrastive pretraining. Needs captions, no labels.
+
+    :meth:`caption_hook` gives the loader its tokenising hook (the loop asks before it builds the
+    loader); :meth:`restore` takes the text spec from a checkpoint's weights, so rebuilding a trained
+    model reads no tokenizer files and no hub.
+    """
+
+    needs_labels = False
+
+    def __init__(self) -> None:
+        self.spec: TextSpec | None = None
+        self.restored = False
+
+    def text_spec(self, cfg: TrainConfig) -> TextSpec:
+        if self.spec is None:
+            self.spec = text_spec(cfg.text_model, cfg.tokenizer, embed_dim_for(cfg))
+        return self.spec
+
+    def caption_hook(self, cfg: TrainConfig, train: bool = True) -> CaptionTokens:
+        """What the loader workers run on each sample's captions (pick one, tokenise)."""
+        return self.text_spec(cfg).hooks(train)
+
+    def restore(self, state: dict[str, Tensor]) -> None:
+        """Use the text spec stored in a trained model's state dict."""
+        self.spec, self.restored = spec_from_state(state), True
+
+    def build_model(self, cfg: TrainConfig, num_classes: int) -> nn.Module:
+        return build_clip(cfg, self.text_spec(cfg), load_pretrained=not self.restored)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Symmetric InfoNCE of ``video`` ``(B, C, T, H, W)`` against ``text`` ``(B, L)`` token ids (one
+        caption per clip, tokenised by the loader), padding clips left out; metrics ``acc`` (in-batch
+        video-to-text top-1) and ``scale``."""
+        if "text" not in batch:
+            raise ValueError("a clip batch needs 'text' token ids: build the loader with the objective's "
+                             "caption_hook")
+        video = batch["video"]
+        ids = batch["text"].to(video.device, non_blocking=True)
+        v, t, scale = model(video, ids)  # through forward, so DDP sees the call
+        return contrastive_loss(v, t, scale, batch["valid"])

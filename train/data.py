@@ -8,6 +8,8 @@ there converted and normalised with the ImageNet mean and std.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -27,30 +29,33 @@ def normalize(video: Tensor, device: torch.device) -> Tensor:
     return x.sub_(mean).div_(std)
 
 
-def train_loader(cfg: TrainConfig, rank: int, world_size: int) -> ClipLoader:
-    """The training stream: random crops and flips, shuffled, ``len`` equal on every rank."""
+def train_loader(cfg: TrainConfig, rank: int, world_size: int, text: Any = None) -> ClipLoader:
+    """The training stream: random crops and flips, shuffled, ``len`` equal on every rank. ``text``: the
+    objective's caption hook (``LoaderConfig.text``), for objectives that read captions."""
     lc = LoaderConfig(source=cfg.data, frames=cfg.frames, stride=cfg.stride, size=cfg.size, train=True,
                       scale=tuple(cfg.crop_scale), flip=cfg.flip, batch_size=cfg.batch_size,
                       workers=cfg.workers, seed=cfg.seed,
-                      clips_per_sample=cfg.clips_per_sample, cache_dir=cfg.cache_dir)
+                      clips_per_sample=cfg.clips_per_sample, cache_dir=cfg.cache_dir, text=text)
     return ClipLoader(lc, rank=rank, world_size=world_size)
 
 
 def eval_loader(source: str, *, frames: int, stride: int, size: int, batch_size: int, workers: int,
-                temporal_views: int = 1, spatial_views: int = 1, cache_dir: str | None = None) -> ClipLoader:
+                temporal_views: int = 1, spatial_views: int = 1, cache_dir: str | None = None,
+                text: Any = None) -> ClipLoader:
     """A deterministic pass over ``source`` (centre/evenly spread crops), every sample once."""
     lc = LoaderConfig(source=source, frames=frames, stride=stride, size=size, train=False,
                       batch_size=batch_size, workers=workers, drop_last=False,
-                      temporal_views=temporal_views, spatial_views=spatial_views, cache_dir=cache_dir)
+                      temporal_views=temporal_views, spatial_views=spatial_views, cache_dir=cache_dir,
+                      text=text)
     return ClipLoader(lc, rank=0, world_size=1)
 
 
-def val_loader_for(cfg: TrainConfig) -> ClipLoader | None:
+def val_loader_for(cfg: TrainConfig, text: Any = None) -> ClipLoader | None:
     """Single-view validation during training (rank 0), or None without ``val_data``."""
     if cfg.val_data is None:
         return None
     return eval_loader(cfg.val_data, frames=cfg.frames, stride=cfg.stride, size=cfg.size,
-                       batch_size=cfg.batch_size, workers=cfg.workers, cache_dir=cfg.cache_dir)
+                       batch_size=cfg.batch_size, workers=cfg.workers, cache_dir=cfg.cache_dir, text=text)
 
 
 def eval_loader_for(cfg: EvalConfig, train_cfg: TrainConfig) -> ClipLoader:
