@@ -141,6 +141,10 @@ def train_cmd(
     mask_ratio: float = typer.Option(None, help=_tr_help("mask_ratio")),
     decoder_dim: int = typer.Option(None, help=_tr_help("decoder_dim")),
     decoder_depth: int = typer.Option(None, help=_tr_help("decoder_depth")),
+    text_model: str = typer.Option(None, help=_tr_help("text_model")),
+    tokenizer: str = typer.Option(None, help=_tr_help("tokenizer")),
+    embed_dim: int = typer.Option(None, help=_tr_help("embed_dim")),
+    vit_arch: str = typer.Option(None, help=_tr_help("vit_arch")),
     pos_embed: str = typer.Option(None, help=_tr_help("pos_embed")),
     pool: str = typer.Option(None, help=_tr_help("pool")),
     grad_checkpointing: bool = typer.Option(None, "--grad-checkpointing",
@@ -174,14 +178,17 @@ def train_cmd(
     result = _tr_run(train, cfg)
     if result.checkpoint is not None:
         typer.echo(f"{result.steps} steps, last loss {result.last_loss:.4f}; checkpoint {result.checkpoint}")
-    if result.val is not None:
+    if result.val is not None and "top1" not in result.val:
+        typer.echo(f"validation: loss {result.val['loss']:.4f} on {result.val['clips']} clips")
+    elif result.val is not None:
         typer.echo(f"validation: top-1 {result.val['top1']:.1%}, top-5 {result.val['top5']:.1%} "
                    f"on {result.val['samples']} samples")
 
 
 @app.command("eval")
 def eval_cmd(
-    shardset: str = typer.Argument(..., help="Labeled shard set to evaluate on."),
+    shardset: str = typer.Argument(..., help="Shard set to evaluate on (labeled for accuracy and "
+                                   "--zero-shot, captioned for --retrieval)."),
     checkpoint: str = typer.Option(..., help="Checkpoint file (or a run folder: its newest checkpoint)."),
     out: str = typer.Option(None, help="JSON file for the results [dim]\\[default: RUN/eval.json][/dim]."),
     temporal_views: int = typer.Option(None, help=_tr_help("temporal_views", "EvalConfig")),
@@ -191,18 +198,31 @@ def eval_cmd(
     device: str = typer.Option(None, help=_tr_help("device", "EvalConfig")),
     threads: int = typer.Option(None, help=_tr_help("threads", "EvalConfig")),
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir", "EvalConfig")),
+    retrieval: bool = typer.Option(None, "--retrieval", help=_tr_help("retrieval", "EvalConfig")),
+    zero_shot: bool = typer.Option(None, "--zero-shot", help=_tr_help("zero_shot", "EvalConfig")),
+    prompt: list[str] = typer.Option(None, "--prompt", help="Zero-shot prompt template ({} = the class "
+                                     "name); repeat for several, averaged \\[default: a video of {}.]"),
+    relevance: str = typer.Option(None, help=_tr_help("relevance", "EvalConfig")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Top-1 / top-5 and per-class accuracy of a checkpoint, scores averaged over several views."""
+    """Top-1 / top-5 and per-class accuracy of a checkpoint, scores averaged over several views.
+
+    A clip (video-text) checkpoint: zero-shot retrieval (--retrieval) and classification (--zero-shot).
+    """
     from vidshard.train.config import EvalConfig, build_config
-    from vidshard.train.evaluate import evaluate, print_table
+    from vidshard.train.evaluate import evaluate, print_result
 
     options = dict(data=shardset, checkpoint=checkpoint, out=out, temporal_views=temporal_views,
                    spatial_views=spatial_views, batch_size=batch_size, workers=workers, device=device,
-                   threads=threads, cache_dir=cache_dir, progress=False if quiet else None)
+                   threads=threads, cache_dir=cache_dir, progress=False if quiet else None,
+                   retrieval=retrieval, zero_shot=zero_shot, prompts=tuple(prompt) if prompt else None,
+                   relevance=relevance)
     result = _tr_run(evaluate, _tr_run(build_config, EvalConfig, None, options))
-    print_table(result)
-    typer.echo(f"top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%}; wrote {result['out']}")
+    print_result(result)
+    if "top1" in result:
+        typer.echo(f"top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%}; wrote {result['out']}")
+    else:
+        typer.echo(f"wrote {result['out']}")
 
 
 # == verify / serve / inspect / merge (shards/) ==================================================
@@ -430,13 +450,32 @@ def bench_model_cmd(
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
     threads: int = typer.Option(0, help="CPU threads (0 = torch's default); 1 is steadier when shared."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    objective: str = typer.Option(None, help="clip: instead, peak memory of the video and the text tower "
+                                  "per batch size (--batch-sizes, --text-model)."),
+    batch_sizes: str = typer.Option("1,2,4", help="--objective clip: batch sizes, comma-separated."),
+    text_model: str = typer.Option("clip-b16", help="--objective clip: text tower preset or folder/hub."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing",
+                                            help="--objective clip: recompute video activations."),
 ) -> None:
     """Training-step time and peak memory: fused attention (flash-attn / SDPA) vs the plain reference."""
-    from vidshard.benchmarks.model import ModelBenchConfig, print_report, run_bench
+    from vidshard.benchmarks.model import (
+        ModelBenchConfig,
+        clip_memory,
+        print_clip_memory,
+        print_report,
+        run_bench,
+    )
 
     cfg = _tr_run(lambda: ModelBenchConfig(model=model, frames=frames, size=size, batch_size=batch_size,
-                                           steps=steps, device=device, threads=threads))
-    print_report(_tr_run(run_bench, cfg), json_out)
+                                           steps=steps, device=device, threads=threads,
+                                           grad_checkpointing=grad_checkpointing))
+    if objective == "clip":
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+        print_clip_memory(_tr_run(clip_memory, cfg, sizes, text_model), json_out)
+    elif objective is None:
+        print_report(_tr_run(run_bench, cfg), json_out)
+    else:
+        raise _sh_fail(ValueError(f"--objective {objective!r}: bench model knows only clip"))
 
 
 @bench_app.command("mae")

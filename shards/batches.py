@@ -112,6 +112,10 @@ def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None
             yield batch
     if quota is not None and emitted + pending < quota:
         pool = _cat(buf) if buf else recent
+        if pool is None and stats.skipped and all("no caption" in r for _, r in stats.skipped_keys):
+            raise RuntimeError(f"no sample on this rank has a caption ({stats.skipped} skipped): a "
+                               "contrastive run needs 'caption' or 'captions' in KEY.json; preprocess a "
+                               "list with a caption column")
         if pool is None:
             raise RuntimeError("no clip could be decoded on this rank: every sample failed "
                                f"({stats.skipped} skipped, first: {stats.skipped_keys[:3]})")

@@ -21,7 +21,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from .cache import FetchError, fetch_bytes
-from .schema import FAILURES, META_EXT, VIDEO_EXT, Manifest, SampleMeta
+from .schema import FAILURES, META_EXT, VIDEO_EXT, Manifest, SampleMeta, sample_captions
 from .sheet import save_sheet
 from .verify import is_url, open_manifest, open_shard
 
@@ -73,6 +73,12 @@ class Summary:
     """Shards that could not be read (missing or broken; ``vidshard verify`` says more)."""
     bad_metadata: int = 0
     """``KEY.json`` members that do not parse."""
+    captioned: int = 0
+    """Samples with at least one caption (``caption`` / ``captions``)."""
+    captions: int = 0
+    """Distinct captions summed over the samples."""
+    caption_examples: list[str] = field(default_factory=list)
+    """The first few captions, to show."""
 
     def add(self, meta: SampleMeta) -> None:
         duration = meta.end_s - meta.start_s
@@ -83,6 +89,18 @@ class Summary:
         self.resolutions[f"{meta.width}x{meta.height}"] += 1
         self.frame_rates[round(meta.fps, 2)] += 1
         self.durations.append(duration)
+        texts = meta_captions(meta)
+        self.captioned += bool(texts)
+        self.captions += len(texts)
+        self.caption_examples += texts[: max(0, 3 - len(self.caption_examples))]
+
+
+def meta_captions(meta: SampleMeta) -> list[str]:
+    """A sample's distinct captions (malformed caption fields count as none)."""
+    try:
+        return sample_captions(meta.to_dict())
+    except ValueError:
+        return []
 
 
 def sheet_picks(counts: list[int], n: int) -> set[int]:
@@ -191,8 +209,13 @@ def write_sheet(chosen: list[tuple[SampleMeta, bytes]], path: Path, frames: int)
             rows.append([np.zeros((meta.height or 64, meta.width or 64, 3), np.uint8)])
             continue
         label = f"[{meta.label_name}] " if meta.label_name else ""
-        titles.append(f"{label}{meta.video} #{meta.chunk}  {meta.start_s:.1f}-{meta.end_s:.1f}s  "
-                      f"{meta.width}x{meta.height} {meta.fps:g}fps")
+        title = (f"{label}{meta.video} #{meta.chunk}  {meta.start_s:.1f}-{meta.end_s:.1f}s  "
+                 f"{meta.width}x{meta.height} {meta.fps:g}fps")
+        texts = meta_captions(meta)
+        if texts:  # the captions on a second line, shortened to fit
+            joined = " | ".join(texts)
+            title += "\n" + (joined if len(joined) <= 120 else joined[:117] + "...")
+        titles.append(title)
     return save_sheet(rows, path, row_titles=titles)
 
 
@@ -225,6 +248,10 @@ def summary_tables(s: Summary) -> list[Table]:
                      f"{len(s.unreadable)}: {', '.join(s.unreadable[:3])}; run vidshard verify"))
     if s.bad_metadata:
         rows.append(("bad metadata", f"{s.bad_metadata} samples"))
+    if s.captioned:
+        examples = "; ".join(f"\"{c}\"" for c in s.caption_examples)
+        rows.append(("captions", f"{s.captioned} of {s.samples} samples captioned, {s.captions} captions "
+                                 f"(e.g. {examples})"))
     rows.append(("settings", ", ".join(f"{k}={v}" for k, v in m.settings.items())))
     for k, v in rows:
         overview.add_row(k, v)

@@ -197,8 +197,20 @@ class EvalConfig:
     """CPU threads for the model's math (0 = torch's default)."""
     progress: bool = True
     """Show the rich progress bar."""
+    retrieval: bool = False
+    """clip checkpoints: video-text retrieval over the set's clips and captions (R@K, median rank, mAP,
+    nDCG)."""
+    zero_shot: bool = False
+    """clip checkpoints: classify each clip by the text embeddings of its class names in the prompts."""
+    prompts: tuple[str, ...] = ("a video of {}.",)
+    """Zero-shot prompt templates ({} = the class name); several are averaged."""
+    relevance: str | None = None
+    """Retrieval: .npz file with keys, texts and a relevance matrix (default: identical captions)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if not self.prompts or any("{}" not in p for p in self.prompts):
+            raise ValueError(f"every --prompt needs a {{}} for the class name, got {list(self.prompts)}")
         if self.temporal_views < 1 or self.spatial_views < 1 or self.batch_size < 1:
             raise ValueError("views and batch_size must be at least 1")
         if self.workers < 0 or self.threads < 0:

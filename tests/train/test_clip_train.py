@@ -1,0 +1,115 @@
+"""Evidence that ``--objective clip`` learns: clips described by colour, shape and direction words;
+held-out clips show new combinations of the same words. After a short CPU run, held-out text-to-video
+recall@1 is far above chance and zero-shot direction classification beats chance widely."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+from vidshard.preprocess.ffmpeg import Synth, synth_video
+from vidshard.shards.schema import Manifest, SampleMeta, sample_members, video_id
+from vidshard.shards.writer import ShardWriter
+from vidshard.train.config import EvalConfig, TrainConfig
+from vidshard.train.evaluate import evaluate
+from vidshard.train.loop import train
+
+COLOURS = {"red": "0xff2020", "green": "0x20ff20", "blue": "0x4060ff"}
+SHAPES = {"square": (16, 16), "bar": (30, 8)}  # (width, height) of the moving box
+DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
+# Combinations never seen in training; every word still appears in training in other combinations.
+HELD_OUT = {("red", "square", "left"), ("green", "bar", "up"), ("blue", "square", "down"),
+            ("red", "bar", "right"), ("green", "square", "right"), ("blue", "bar", "left")}
+PROMPTS = tuple(f"{c} {s} moving {{}}" for c in COLOURS for s in SHAPES)  # averaged: direction only
+
+
+def caption(colour: str, shape: str, direction: str) -> str:
+    return f"{colour} {shape} moving {direction}"
+
+
+def captioned_shardset(folder: Path, combos: list[tuple[str, str, str]], per_combo: int, seed: int,
+                       size: int = 64) -> Path:
+    """A shard set of moving coloured boxes, captioned with their words, labeled by direction."""
+    rng = random.Random(seed)
+    names = list(DIRECTIONS)
+    writer, infos, n = ShardWriter(folder, max_bytes=1 << 40), [], 0
+    for i, (colour, shape, direction) in itertools.product(range(per_combo), combos):
+        (w, h), (dx, dy) = SHAPES[shape], DIRECTIONS[direction]
+        rel = f"{colour}_{shape}_{direction}_{seed}_{i}.mp4"
+        path = synth_video(folder.parent / f"{folder.name}_raw" / rel, Synth(
+            pattern="moving", seconds=1.0, fps=25.0, width=size, height=size, box=w, box_height=h,
+            color=COLOURS[colour], velocity=(dx * 40.0, dy * 40.0), gop=8,
+            start=(rng.uniform(0, size - w), rng.uniform(0, size - h))))
+        meta = SampleMeta(video=rel, video_id=video_id(rel), chunk=0, start_s=0.0, end_s=1.0, frames=25,
+                          fps=25.0, width=size, height=size, label=names.index(direction),
+                          label_name=direction, caption=caption(colour, shape, direction))
+        infos += writer.write(sample_members(meta, path.read_bytes()))
+        n += 1
+        if n % 12 == 0:
+            infos.append(writer.close())
+    if (last := writer.close()) is not None:
+        infos.append(last)
+    manifest = Manifest(settings={"synthetic": "captioned boxes", "seed": seed}, shards=infos, classes=names)
+    manifest.totals.update(videos=n, samples=n, seconds=float(n))
+    manifest.save(folder)
+    return folder
+
+
+def word_tokenizer(path: Path) -> Path:
+    """A word-level tokenizer over the captions' words (built offline)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = [*COLOURS, *SHAPES, *DIRECTIONS, "moving"]
+    specials = ["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(specials)
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(train set: 18 combinations x 3 clips, held-out set: 6 new combinations x 2 clips, tokenizer)."""
+    root = tmp_path_factory.mktemp("captioned")
+    combos = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
+    train_set = captioned_shardset(root / "train", [c for c in combos if c not in HELD_OUT], 3, seed=1)
+    held_out = captioned_shardset(root / "held_out", sorted(HELD_OUT), 2, seed=2)
+    return train_set, held_out, word_tokenizer(root / "tokenizer.json")
+
+
+def run_evidence(captioned: tuple[Path, Path, Path], out: Path, steps: int) -> dict:
+    """Train a vit-t dual encoder for ``steps`` and evaluate retrieval and zero-shot on the held-out set."""
+    train_set, held_out, tok = captioned
+    cfg = TrainConfig(data=str(train_set), out=str(out), objective="clip", model="vit-t", text_model="tiny",
+                      tokenizer=str(tok), frames=8, stride=2, size=32, crop_scale=(0.6, 1.0), flip=False,
+                      batch_size=16, steps=steps, lr=1e-3, warmup_steps=10, log_every=10,
+                      ckpt_every=steps, workers=0, progress=False, threads=1)
+    train(cfg)
+    ec = EvalConfig(data=str(held_out), checkpoint=str(out), retrieval=True, zero_shot=True, prompts=PROMPTS,
+                    temporal_views=1, spatial_views=1, workers=0, progress=False, threads=1)
+    return evaluate(ec)
+
+
+def test_clip_learns_words_it_never_saw_together(captioned: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    result = run_evidence(captioned, tmp_path / "run", steps=60)
+    r = result["retrieval"]
+    assert (r["clips"], r["texts"]) == (12, 6)  # held out: 6 new combinations x 2 clips
+    # Chance: text->video R@1 = 2/12 (2 relevant clips of 12), zero-shot direction top-1 = 1/4.
+    assert r["text_to_video"]["R@1"] >= 0.5, r
+    assert result["zero_shot"]["top1"] >= 0.5, result["zero_shot"]
+    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert saved["retrieval"]["mAP"] == pytest.approx(r["mAP"])
+
+
+@pytest.mark.slow
+def test_clip_learns_words_it_never_saw_together_long(captioned: tuple[Path, Path, Path],
+                                                      tmp_path: Path) -> None:
+    result = run_evidence(captioned, tmp_path / "run", steps=300)
+    r = result["retrieval"]
+    assert r["text_to_video"]["R@1"] >= 0.8, r
+    assert r["video_to_text"]["R@1"] >= 0.7, r
+    assert result["zero_shot"]["top1"] >= 0.75, result["zero_shot"]
