@@ -125,6 +125,7 @@ def train_cmd(
     min_lr: float = typer.Option(None, help=_tr_help("min_lr")),
     warmup_steps: int = typer.Option(None, help=_tr_help("warmup_steps")),
     weight_decay: float = typer.Option(None, help=_tr_help("weight_decay")),
+    beta2: float = typer.Option(None, help=_tr_help("beta2")),
     label_smoothing: float = typer.Option(None, help=_tr_help("label_smoothing")),
     clip_grad: float = typer.Option(None, help=_tr_help("clip_grad")),
     layer_decay: float = typer.Option(None, help=_tr_help("layer_decay")),
@@ -178,11 +179,10 @@ def train_cmd(
     result = _tr_run(train, cfg)
     if result.checkpoint is not None:
         typer.echo(f"{result.steps} steps, last loss {result.last_loss:.4f}; checkpoint {result.checkpoint}")
-    if result.val is not None and "top1" not in result.val:
-        typer.echo(f"validation: loss {result.val['loss']:.4f} on {result.val['clips']} clips")
-    elif result.val is not None:
-        typer.echo(f"validation: top-1 {result.val['top1']:.1%}, top-5 {result.val['top5']:.1%} "
-                   f"on {result.val['samples']} samples")
+    if result.val is not None:
+        from vidshard.train.metrics import describe_validation
+
+        typer.echo(describe_validation(result.val))
 
 
 @app.command("eval")

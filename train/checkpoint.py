@@ -44,8 +44,14 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep: int | None = None) 
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``), with an error that names the file."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``), with an error that names the file.
+
+    Load to the CPU (the default) and let ``load_state_dict`` move the model and optimizer state to
+    their device: RNG states must stay CPU byte tensors. The file is memory-mapped, so the entries named
+    in ``skip`` (e.g. ``optimizer`` for ``eval`` and ``--init-from``) are dropped without being read.
+    """
     p = Path(path)
     if p.is_dir():  # a run folder: take its newest checkpoint
         found = latest_checkpoint(p)
@@ -55,11 +61,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not p.is_file():
         raise FileNotFoundError(f"{p}: checkpoint not found")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        ckpt = torch.load(p, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 (any unpickling failure means: not our checkpoint)
         raise ValueError(f"{p}: cannot be read as a vidshard checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{p}: not a {FORMAT} checkpoint written by `vidshard train`")
+    for key in skip:
+        ckpt.pop(key, None)
     return ckpt
 
 
@@ -76,11 +84,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s values; torch takes generator states only as CPU byte tensors."""
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].cpu().numpy().astype(np.uint32), state["numpy_pos"]))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 _DROP_PREFIXES = ("decoder", "head", "mask_token")
@@ -115,7 +124,7 @@ def load_encoder(model: nn.Module, path: str | Path) -> list[str]:
     if (vision := read_image_clip(path)) is not None:
         inflate_image_clip(model, vision, str(path))
         return []
-    state = encoder_state(load_checkpoint(path))
+    state = encoder_state(load_checkpoint(path, skip=("optimizer", "rng")))
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:

@@ -156,6 +156,7 @@ class ClipObjective:
     """
 
     needs_labels = False
+    beta2 = 0.98  # AdamW's second beta in CLIP, AVION and LaViLa
 
     def __init__(self) -> None:
         self.spec: TextSpec | None = None

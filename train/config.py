@@ -56,6 +56,8 @@ class TrainConfig:
     """Linear warm-up steps; default 5% of the total."""
     weight_decay: float = 0.05
     """AdamW weight decay (not applied to biases, norms, positional embeddings, class token)."""
+    beta2: float | None = None
+    """AdamW beta2; default: the objective's (0.95 for ``mae`` as in VideoMAE, 0.999 otherwise)."""
     label_smoothing: float = 0.1
     """Cross-entropy label smoothing (supervised)."""
     clip_grad: float = 1.0
@@ -143,6 +145,8 @@ class TrainConfig:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.beta2 is not None and not 0 < self.beta2 < 1:
+            raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.drop_path < 1:

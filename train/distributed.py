@@ -34,13 +34,16 @@ class DistInfo:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` is ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``."""
+    """``auto`` is ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; a bare ``cuda`` is
+    ``cuda:LOCAL_RANK`` too (under torchrun each process takes its own GPU); ``cuda:N`` is taken as is."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} asked for, but this torch build / machine has no CUDA; "
                            "use --device cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
     return dev
 
 
@@ -67,10 +70,14 @@ def cleanup() -> None:
 
 
 def wrap(model: nn.Module, info: DistInfo, compile: bool = False) -> nn.Module:
-    """DDP across processes (when more than one), then optional ``torch.compile``."""
+    """DDP across processes (when more than one), then optional ``torch.compile``.
+
+    DDP copies rank 0's parameters and buffers to every rank when it wraps the model; after that, the
+    buffers (the fixed sin-cos positions) never change, so they are not broadcast again every step.
+    """
     if info.world_size > 1:
         ids = [info.device.index] if info.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
     if compile:
         model = torch.compile(model)
     return model

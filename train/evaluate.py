@@ -73,13 +73,13 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Mo
     """Rebuild the trained model from a checkpoint alone (objective + config stored in it)."""
     from .objectives import get_objective
 
-    ckpt = load_checkpoint(path, map_location=device)
+    ckpt = load_checkpoint(path, skip=("optimizer", "rng"))  # on the CPU, without what eval does not use
     cfg = TrainConfig.from_dict(ckpt["config"])
     objective = get_objective(ckpt["objective"])
     if hasattr(objective, "restore"):  # objectives whose model needs more than the config (clip: text spec)
         objective.restore(ckpt["model"])
     model = objective.build_model(cfg, ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.pop("model"))
     return model.to(device), cfg, ckpt
 
 

@@ -36,6 +36,7 @@ from .data import train_loader, val_loader_for
 from .distributed import DistInfo
 from .evaluate import evaluate_model
 from .metrics import Meter, RunLog, check_finite, progress_bar, truncate_metrics
+from .model import flash_attn_problem, flash_attn_usable
 from .objectives import Objective, get_objective
 from .optim import build_optimizer, lr_at, set_lr
 from .prefetch import device_batch
@@ -102,7 +103,7 @@ class _Run:
 
 
 def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
     run_dir = Path(cfg.out)
     objective = get_objective(cfg.objective)
     loader = train_loader(cfg, info.rank, info.world_size, text=caption_hook(objective, cfg, train=True))
@@ -111,13 +112,18 @@ def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
     if cfg.init_from:
         load_encoder(getattr(model, "encoder", model), cfg.init_from)
     model.to(info.device)
-    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    seed_everything(cfg.seed + info.rank)  # from here on each rank draws its own masks and drop paths
+    betas = (0.9, cfg.beta2 if cfg.beta2 is not None else getattr(objective, "beta2", 0.999))
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas,
                                 layer_decay=cfg.layer_decay, device=info.device)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * len(loader)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * total)
     run = _Run(cfg, info, run_dir, objective, model, model, optimizer, loader, classes, total, warmup)
     if cfg.resume:
         _resume(run)
+    if info.device.type == "cuda" and info.is_main:
+        print(f"attention: {'flash-attn' if flash_attn_usable() else 'SDPA'} for attn_impl={cfg.attn_impl!r}"
+              f" ({flash_attn_problem() or 'usable'})")
     run.wrapped = distributed.wrap(model, info, cfg.compile)
     if info.is_main:
         atomic_write(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
@@ -136,7 +142,7 @@ def _resume(run: _Run) -> None:
         if run.info.is_main:
             print(f"--resume: no checkpoint in {run.run_dir / 'checkpoints'} yet, starting from step 0")
         return
-    ckpt = load_checkpoint(path, map_location=run.info.device)
+    ckpt = load_checkpoint(path)  # on the CPU: load_state_dict moves model and optimizer state to the device
     if ckpt["objective"] != run.cfg.objective or ckpt["config"]["model"] != run.cfg.model:
         raise ValueError(f"{path}: was written by a {ckpt['config']['model']} {ckpt['objective']} run; "
                          "resume with the same --model and --objective, or use another --out")

@@ -11,7 +11,8 @@ Follows facebookresearch/mae ``models_mae.py`` and VideoMAE (Tong et al. 2022):
 - ``forward_decoder``: a light decoder (own width and depth) fills the masked
   places with a learned mask token, adds its own fixed sin-cos positions and
   predicts the pixels of every tubelet.
-- ``forward_loss``: MSE against per-tubelet normalised pixels, on masked tokens only.
+- ``forward_loss``: MSE against VideoMAE's targets (the clip un-normalised to [0, 1], each tubelet
+  normalised per channel by its own mean and std), on masked tokens of valid clips only.
 
 The encoder is a plain :class:`~vidshard.train.model.VideoViT` held as
 ``self.encoder``, so its parameters are named ``encoder.<VideoViT name>`` and
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig
+from .data import MEAN, STD
 from .model import Block, VideoViT, ViTConfig, sincos_pos_embed_3d
 
 Grid = tuple[int, int, int]
@@ -46,7 +48,8 @@ class MAEConfig:
     decoder_heads: int = 0
     """Attention heads of the decoder; 0 picks ``decoder_dim // 64`` (at least 1)."""
     norm_pix_loss: bool = True
-    """Reconstruct each tubelet's pixels normalised by its own mean and std (VideoMAE's default)."""
+    """Reconstruct each tubelet's pixels normalised per channel by its own mean and std (VideoMAE's
+    default); otherwise the plain pixels in [0, 1]."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -123,12 +126,38 @@ def tube_masking(batch: int, grid: Grid, ratio: float, generator: torch.Generato
     return keep.to(device), ids_restore.to(device), mask.to(device)
 
 
+def imagenet_stats(video: Tensor) -> tuple[Tensor, Tensor]:
+    """The loader's normalisation (ImageNet mean and std) as ``(1, C, 1, 1, 1)`` on ``video``'s device."""
+    shape = (1, -1, 1, 1, 1)
+    return (torch.tensor(MEAN, device=video.device, dtype=video.dtype).view(shape),
+            torch.tensor(STD, device=video.device, dtype=video.dtype).view(shape))
+
+
+def unnormalize(video: Tensor) -> Tensor:
+    """ImageNet-normalised ``(B, C, T, H, W)`` -> pixels in [0, 1]."""
+    mean, std = imagenet_stats(video)
+    return video * std + mean
+
+
+def renormalize(pixels: Tensor) -> Tensor:
+    """Inverse of :func:`unnormalize`: pixels in [0, 1] -> ImageNet-normalised."""
+    mean, std = imagenet_stats(pixels)
+    return (pixels - mean) / std
+
+
 def normalized_targets(video: Tensor, patch: int, tubelet: int, eps: float = 1e-6) -> Tensor:
-    """Per-tubelet normalised pixels: ``(B, C, T, H, W)`` -> ``(B, N, L)`` with zero mean, unit var."""
-    target = patchify(video, patch, tubelet)
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return (target - mean) / (var + eps).sqrt()
+    """VideoMAE's targets (``normlize_target``): each tubelet of the un-normalised clip (pixels in
+    [0, 1]), every channel normalised by that tubelet's own mean and unbiased std of the channel:
+    ``(x - mean) / (std + eps)``.
+
+    ``video``: ImageNet-normalised ``(B, C, T, H, W)`` -> ``(B, N, L)``, L ordered (pixels, channel).
+    """
+    C = video.shape[1]
+    x = patchify(unnormalize(video), patch, tubelet)  # (B, N, L)
+    B, N, L = x.shape
+    x = x.view(B, N, L // C, C)  # (B, N, P, C): the tubelet's P pixels per channel
+    x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + eps)
+    return x.view(B, N, L)
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -215,10 +244,11 @@ class MaskedVideoAutoencoder(nn.Module):
         return self.decoder_pred(self.decoder_norm(x))  # (B, N, L)
 
     def targets(self, video: Tensor) -> Tensor:
-        """What the decoder should output: ``(B, C, T, H, W)`` -> ``(B, N, L)``."""
+        """What the decoder should output for an ImageNet-normalised clip, as VideoMAE: ``(B, C, T, H, W)``
+        -> ``(B, N, L)``, per-tubelet per-channel normalised pixels, or the pixels in [0, 1]."""
         if self.cfg.norm_pix_loss:
             return normalized_targets(video, self.patch, self.tubelet)
-        return patchify(video, self.patch, self.tubelet)
+        return patchify(unnormalize(video), self.patch, self.tubelet)
 
     def forward_loss(self, video: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
         """MSE on the masked tubelets only; ``pred`` ``(B, N, L)``, ``mask`` ``(B, N)`` -> scalar.
@@ -248,14 +278,17 @@ class MaskedVideoAutoencoder(nn.Module):
         the model's, the brightness of each tubelet comes from the original.
         """
         _, pred, mask = self(video, generator)
-        if self.cfg.norm_pix_loss:
-            patches = patchify(video, self.patch, self.tubelet)  # (B, N, L)
-            mean = patches.mean(dim=-1, keepdim=True)
-            std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
-            pred = pred * std + mean
+        if self.cfg.norm_pix_loss:  # undo the target normalisation with each tubelet's own statistics
+            C = video.shape[1]
+            patches = patchify(unnormalize(video), self.patch, self.tubelet)  # (B, N, L) in [0, 1]
+            B, N, L = patches.shape
+            patches = patches.view(B, N, L // C, C)
+            mean = patches.mean(dim=-2, keepdim=True)
+            std = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6
+            pred = (pred.view(B, N, L // C, C) * std + mean).view(B, N, L)
         L = pred.shape[-1]
         grid = self.grid_of(video)
-        recon = unpatchify(pred, grid, self.patch, self.tubelet)
+        recon = renormalize(unpatchify(pred, grid, self.patch, self.tubelet))  # back to the input's range
         pixel_mask = unpatchify(mask[..., None].expand(-1, -1, L), grid, self.patch, self.tubelet)
         return recon, pixel_mask
 
@@ -280,6 +313,7 @@ class MAEObjective:
     """``--objective mae``: the loop's interface to masked pretraining. Needs no labels."""
 
     needs_labels = False
+    beta2 = 0.95  # VideoMAE's pretraining setting
 
     def build_model(self, cfg: TrainConfig, num_classes: int) -> nn.Module:
         from .objectives import vit_config  # here, not at the top: objectives.py imports this module

@@ -143,6 +143,14 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
         atomic_write(path, "".join(line + "\n" for line in keep).encode())
 
 
+def describe_validation(result: dict[str, Any]) -> str:
+    """One line for a validation result: accuracy for a classifier, the held-out loss otherwise (MAE)."""
+    if "top1" in result:
+        return (f"validation: top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%} "
+                f"on {result['samples']} samples")
+    return f"validation: loss {result['loss']:.4f} on {result['clips']} clips"
+
+
 def progress_bar(enabled: bool = True) -> Progress:
     """Step N/M, loss, clips/s and data-wait share, with elapsed and remaining time."""
     return Progress(

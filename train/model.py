@@ -9,8 +9,7 @@ and ``train/loop.py``.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
+import logging
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -21,29 +20,70 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 ATTN_IMPLS = ("auto", "flash", "sdpa", "reference")
+log = logging.getLogger(__name__)
 
 
-@functools.cache
-def flash_attn_installed() -> bool:
-    """Whether the optional ``flash-attn`` package can be imported (checked once, lazily)."""
-    return importlib.util.find_spec("flash_attn") is not None
+HALF = (torch.float16, torch.bfloat16)
+"""The dtypes flash-attn computes in."""
+
+
+def flash_attn_problem() -> str | None:
+    """Why flash-attn cannot run on this machine, or None when it can.
+
+    It needs a CUDA device of compute capability 8.0 or newer (Ampere; V100 and T4 are refused at the
+    first call) and a package that imports: a build made for another torch fails at import with an
+    undefined symbol, so the import is tried here, guarded, instead of at the first forward.
+    """
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 0):
+        return f"the GPU has compute capability {major}.{minor}; flash-attn needs 8.0 (Ampere) or newer"
+    try:
+        from flash_attn import flash_attn_func  # noqa: F401  (optional dependency)
+    except Exception as e:  # noqa: BLE001 (ImportError, OSError of a mismatched build, ...)
+        return f"flash-attn does not import ({type(e).__name__}: {e})"
+    return None
+
+
+_flash_usable: bool | None = None  # decided at the first call (a plain global: torch.compile guards on it)
+
+
+def flash_attn_usable() -> bool:
+    """:func:`flash_attn_problem` decided once per process (never at import time) and logged."""
+    global _flash_usable
+    if _flash_usable is None:
+        problem = flash_attn_problem()
+        log.info("attention kernel for auto: %s", "flash-attn" if problem is None else f"SDPA ({problem})")
+        _flash_usable = problem is None
+    return _flash_usable
+
+
+def flash_fits(q: Tensor) -> bool:
+    """Whether flash-attn takes ``q``'s device and head size: CUDA, head dim <= 256 and a multiple of 8."""
+    hd = q.shape[-1]
+    return q.is_cuda and hd <= 256 and hd % 8 == 0
 
 
 def pick_attention(q: Tensor, impl: str = "auto") -> str:
-    """The one place that chooses the attention kernel for ``q``.
+    """The one place that chooses the attention kernel for ``q`` ``(B, H, N, hd)``.
 
-    ``auto`` gives ``flash`` (flash-attn's kernel) when the package is installed and
-    ``q`` is a CUDA tensor in fp16/bf16, else ``sdpa`` (PyTorch's
-    ``scaled_dot_product_attention``, which on CUDA has its own flash and
-    memory-efficient kernels). Any other value is taken as asked.
+    - ``auto``: ``flash`` (flash-attn's kernel) for a CUDA tensor in fp16/bf16 that flash-attn takes, when
+      :func:`flash_attn_usable`; else ``sdpa`` (PyTorch's ``scaled_dot_product_attention``, which on CUDA
+      has its own flash and memory-efficient kernels and is exact in fp32).
+    - ``flash``: flash-attn wherever it can run (fp32 is computed in bf16, see :func:`attention`); off
+      CUDA (``eval --device cpu``, the reconstruction sheet) or for a head size it refuses, ``sdpa``.
+    - ``sdpa``, ``reference``: as asked.
     """
     if impl not in ATTN_IMPLS:
         raise ValueError(f"attention impl {impl!r} is not one of {ATTN_IMPLS}")
-    if impl != "auto":
+    if impl in ("sdpa", "reference"):
         return impl
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and flash_attn_installed():
+    if not flash_fits(q):
+        return "sdpa"
+    if impl == "flash":
         return "flash"
-    return "sdpa"
+    return "flash" if q.dtype in HALF and flash_attn_usable() else "sdpa"
 
 
 def reference_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -52,14 +92,26 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return att.softmax(dim=-1) @ v
 
 
+def flash_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """flash-attn on CUDA; fp32 inputs (no autocast, e.g. MAE validation) are computed in bf16 and the
+    output cast back. q, k, v: (B, H, N, hd) -> (B, H, N, hd)."""
+    if not flash_attn_usable():
+        raise RuntimeError(f"attn_impl 'flash' asked for, but {flash_attn_problem()}; "
+                           "use --attn-impl auto or sdpa")
+    from flash_attn import flash_attn_func  # optional dependency, imported only on use
+
+    dtype = q.dtype
+    if dtype not in HALF:
+        q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, N, H, hd)
+    return out.transpose(1, 2).to(dtype)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, impl: str = "auto") -> Tensor:
     """Attention with the kernel from :func:`pick_attention`; q, k, v: (B, H, N, hd) -> (B, H, N, hd)."""
     kind = pick_attention(q, impl)
     if kind == "flash":
-        from flash_attn import flash_attn_func  # optional dependency, imported only on use
-
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, N, H, hd)
-        return out.transpose(1, 2)
+        return flash_attention(q, k, v)
     if kind == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
     return reference_attention(q, k, v)
@@ -199,8 +251,8 @@ class ViTConfig:
     grad_checkpointing: bool = False
     """Recompute each block's activations in backward (saves memory, costs ~30% time)."""
     attn_impl: str = "auto"
-    """Attention kernel: ``auto`` (flash-attn on CUDA fp16/bf16, else SDPA), ``flash``, ``sdpa``,
-    ``reference``."""
+    """Attention kernel: ``auto`` (flash-attn on CUDA fp16/bf16 when usable, else SDPA), ``flash``
+    (SDPA off CUDA), ``sdpa``, ``reference``; see :func:`pick_attention`."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or self.dim % 2:

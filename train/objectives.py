@@ -34,6 +34,8 @@ from .model import VideoViT, ViTConfig
 class Objective(Protocol):
     needs_labels: bool
     """Whether the shard set must be labeled."""
+    beta2: float
+    """AdamW beta2 this objective trains with unless ``--beta2`` says otherwise."""
 
     def build_model(self, cfg: TrainConfig, num_classes: int) -> nn.Module: ...
 
@@ -58,6 +60,7 @@ class Supervised:
     """Classification from the shard set's labels: cross-entropy with label smoothing."""
 
     needs_labels = True
+    beta2 = 0.999
 
     def __init__(self) -> None:
         self.label_smoothing = 0.0

@@ -79,11 +79,38 @@ def test_loss_counts_masked_tokens_only() -> None:
     assert masked_mse(pred, target, mask).item() == pytest.approx(1.0 / 3)
 
 
-def test_normalized_targets_have_zero_mean_unit_variance() -> None:
-    video = torch.rand(2, 3, 4, 16, 16) * 5 + 2
-    t = normalized_targets(video, patch=8, tubelet=2)
-    torch.testing.assert_close(t.mean(-1), torch.zeros(t.shape[:2]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(t.var(-1), torch.ones(t.shape[:2]), atol=1e-3, rtol=0)
+def videomae_targets(videos: torch.Tensor, patch: int, tubelet: int) -> torch.Tensor:
+    """VideoMAE's run_mae_pretraining / engine_for_pretraining formula, written out with loops:
+    ``unnorm = videos * std + mean``, then per tubelet and channel ``(x - mean) / (std(unbiased) + 1e-6)``,
+    flattened as ``(p0 p1 p2 c)``."""
+    mean = torch.tensor((0.485, 0.456, 0.406))
+    std = torch.tensor((0.229, 0.224, 0.225))
+    unnorm = videos * std[None, :, None, None, None] + mean[None, :, None, None, None]
+    B, C, T, H, W = videos.shape
+    out = []
+    for b in range(B):
+        tokens = []
+        for t in range(0, T, tubelet):
+            for h in range(0, H, patch):
+                for w in range(0, W, patch):
+                    cube = unnorm[b, :, t:t + tubelet, h:h + patch, w:w + patch]  # (C, p0, p1, p2)
+                    pixels = cube.reshape(C, -1).T  # (p0 p1 p2, C)
+                    normed = (pixels - pixels.mean(0)) / (pixels.std(0, unbiased=True) + 1e-6)
+                    tokens.append(normed.reshape(-1))  # (p0 p1 p2 c)
+        out.append(torch.stack(tokens))
+    return torch.stack(out)
+
+
+def test_targets_are_videomaes_per_channel_normalised_unnormalised_pixels() -> None:
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 3, 4, 16, 16, generator=g)
+    pixels[:, 0] *= 0.2  # channels with very different ranges: a joint normalisation would differ
+    video = (pixels - torch.tensor((0.485, 0.456, 0.406))[:, None, None, None]) / torch.tensor(
+        (0.229, 0.224, 0.225))[:, None, None, None]  # as the loader normalises
+    expected = videomae_targets(video, patch=8, tubelet=2)
+    torch.testing.assert_close(normalized_targets(video, patch=8, tubelet=2), expected, atol=1e-4, rtol=1e-4)
+    model = build_mae(TINY.with_(img_size=16), MAEConfig(decoder_dim=16, decoder_depth=1))
+    torch.testing.assert_close(model.targets(video), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_encoder_sees_only_visible_tokens_and_loss_ignores_visible_pixels() -> None:

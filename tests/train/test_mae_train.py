@@ -61,6 +61,7 @@ def test_mae_trains_on_unlabeled_shardset_and_checkpoint_rebuilds(mae_run: tuple
     _, path = mae_run
     ckpt = load_checkpoint(path)
     assert ckpt["objective"] == "mae" and ckpt["step"] == 4
+    assert ckpt["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)  # VideoMAE's beta2 by default
     assert any(k.startswith("decoder_") for k in ckpt["model"])
     enc = {k for k in ckpt["model"] if k.startswith("encoder.")}
     assert "encoder.blocks.11.attn.qkv.weight" in enc and not any(".head." in k for k in enc)
@@ -68,15 +69,24 @@ def test_mae_trains_on_unlabeled_shardset_and_checkpoint_rebuilds(mae_run: tuple
 
 
 def test_mae_validates_with_its_reconstruction_loss_even_on_a_labeled_set(tmp_path: Path) -> None:
+    """Through the CLI, which printed the result as accuracy (``KeyError: 'top1'``) after training."""
     import json
+
+    from typer.testing import CliRunner
+    from vidshard.cli import app
 
     data = write_shardset(tmp_path / "unlabeled", labeled=False)
     val = write_shardset(tmp_path / "labeled", labeled=True)  # labels are there, MAE ignores them
-    cfg = tiny_run(data, tmp_path / "run", objective="mae", mask_ratio=0.75, decoder_dim=64,
-                   decoder_depth=1, steps=2, val_data=str(val))
-    train(cfg)
+    args = ["train", str(data), "--val", str(val), "--out", str(tmp_path / "run"), "--objective", "mae",
+            "--model", "vit-t", "--frames", "4", "--stride", "2", "--size", "32", "--batch-size", "2",
+            "--steps", "2", "--workers", "0", "--threads", "1", "--mask-ratio", "0.75", "--decoder-dim", "64",
+            "--decoder-depth", "1", "--crop-scale", "0.5", "1.0", "--quiet"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
     result = json.loads((tmp_path / "run" / "val.json").read_text())
     assert np.isfinite(result["loss"]) and result["loss"] > 0 and result["clips"] == 4
+    assert f"validation: loss {result['loss']:.4f} on 4 clips" in out.output
+
 
 def test_init_from_mae_checkpoint_finetunes_a_classifier(mae_run: tuple[Path, Path], tmp_path: Path) -> None:
     _, path = mae_run

@@ -82,13 +82,13 @@ def test_pick_attention(monkeypatch: pytest.MonkeyPatch) -> None:
     assert M.pick_attention(q, "reference") == "reference"
     with pytest.raises(ValueError, match="not one of"):
         M.pick_attention(q, "xformers")
-    # Pretend flash-attn is installed and q lives on CUDA: fp16/bf16 picks flash, fp32 stays on SDPA.
-    monkeypatch.setattr(M, "flash_attn_installed", lambda: True)
+    # Pretend flash-attn is usable and q lives on CUDA: fp16/bf16 picks flash, fp32 stays on SDPA.
+    monkeypatch.setattr(M, "_flash_usable", True)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     assert M.pick_attention(q.half()) == "flash"
     assert M.pick_attention(q.bfloat16()) == "flash"
     assert M.pick_attention(q) == "sdpa"
-    monkeypatch.setattr(M, "flash_attn_installed", lambda: False)
+    monkeypatch.setattr(M, "_flash_usable", False)
     assert M.pick_attention(q.half()) == "sdpa"
 
 
