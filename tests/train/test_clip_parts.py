@@ -266,3 +266,48 @@ def test_inflation_refuses_a_model_of_another_shape_or_layout(tmp_path: Path) ->
         inflate_image_clip(tower(depth=1), vision)
     torch.save({"format": "vidshard-checkpoint/1", "model": {}}, tmp_path / "ckpt.pt")
     assert read_image_clip(tmp_path / "ckpt.pt") is None
+
+
+# --- initialisation and config -------------------------------------------------------------------
+
+
+def test_init_from_a_clip_checkpoint_or_image_clip_weights(tmp_path: Path) -> None:
+    from vidshard.train.checkpoint import FORMAT, load_encoder
+    from vidshard.train.config import TrainConfig
+    from vidshard.train.inflate import build_video_tower
+    from vidshard.train.model import VideoViT, ViTConfig
+    from vidshard.train.objectives import get_objective, vit_config
+
+    cfg = TrainConfig(data="(test)", objective="clip", model="vit-t", frames=4, size=32)
+    clip_model = get_objective("clip").build_model(cfg, 0)
+    torch.save({"format": FORMAT, "model": clip_model.state_dict()}, tmp_path / "clip.pt")
+    video = VideoViT(vit_config(cfg, 3))  # a classifier fine-tuned from the clip run's video tower
+    assert load_encoder(video, tmp_path / "clip.pt") == ["head.weight", "head.bias"]
+    for k, v in clip_model.encoder.state_dict().items():
+        assert torch.equal(video.state_dict()[k], v), k
+    # image-CLIP vision weights through the same door (--init-from), into a --vit-arch clip tower
+    _, path = _image_clip(tmp_path)
+    tower = build_video_tower(ViTConfig(dim=64, depth=2, heads=2, frames=4, img_size=32), "clip")
+    assert load_encoder(tower, path) == []
+    with pytest.raises(ValueError, match="--vit-arch clip is for --objective clip"):
+        TrainConfig(data="x", vit_arch="clip")
+    assert TrainConfig(data="x", objective="clip", vit_arch="clip").vit_arch == "clip"
+
+
+def test_a_clip_checkpoint_rebuilds_offline_from_its_weights(tmp_path: Path) -> None:
+    """The text spec (config + tokenizer) rides in the state dict: no tokenizer file is read again."""
+    from vidshard.train.clip import spec_from_state
+    from vidshard.train.config import TrainConfig
+    from vidshard.train.objectives import get_objective
+
+    tok = wordlevel_tokenizer(["red square", "blue bar"], tmp_path / "tok.json")
+    cfg = TrainConfig(data="(test)", objective="clip", model="vit-t", frames=4, size=32, tokenizer=str(tok))
+    model = get_objective("clip").build_model(cfg, 0)
+    tok.unlink()
+    again = get_objective("clip")
+    again.restore(model.state_dict())
+    rebuilt = again.build_model(cfg, 0)
+    rebuilt.load_state_dict(model.state_dict())
+    assert spec_from_state(rebuilt.state_dict()) == model.spec
+    ids = model.spec.hooks(train=False).batch(["red bar"])
+    torch.testing.assert_close(rebuilt.encode_text(ids), model.encode_text(ids))
