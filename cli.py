@@ -163,7 +163,7 @@ def train_cmd(
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Train a video ViT on a shard set (supervised from its labels, or MAE pretraining).
+    """Train a video ViT on a shard set: supervised from its labels, MAE, or contrastive from captions.
 
     Writes RUN/config.json, RUN/metrics.jsonl, TensorBoard events in RUN/tb and checkpoints in
     RUN/checkpoints. Several processes: [bold]torchrun --nproc-per-node N $(which vidshard) train ...[/bold]

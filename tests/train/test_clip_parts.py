@@ -311,3 +311,33 @@ def test_a_clip_checkpoint_rebuilds_offline_from_its_weights(tmp_path: Path) -> 
     assert spec_from_state(rebuilt.state_dict()) == model.spec
     ids = model.spec.hooks(train=False).batch(["red bar"])
     torch.testing.assert_close(rebuilt.encode_text(ids), model.encode_text(ids))
+
+
+def test_missing_text_packages_name_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from vidshard.train import text
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    with pytest.raises(RuntimeError, match=r"needs transformers: pip install 'vidshard\[clip\]'"):
+        text.require_text_deps()
+
+
+def test_cli_help_lists_the_clip_options() -> None:
+    from typer.testing import CliRunner
+    from vidshard.cli import app
+
+    runner = CliRunner()
+    text = runner.invoke(app, ["train", "--help"], terminal_width=200).output
+    for opt in ("--text-model", "--tokenizer", "--embed-dim", "--vit-arch"):
+        assert opt in text, opt
+    assert "contrastive" in text
+    text = runner.invoke(app, ["eval", "--help"], terminal_width=200).output
+    for opt in ("--retrieval", "--zero-shot", "--prompt", "--relevance"):
+        assert opt in text, opt
+    text = runner.invoke(app, ["bench", "model", "--help"], terminal_width=200).output
+    assert "--objective" in text and "--batch-sizes" in text
+    bad = runner.invoke(app, ["eval", "nowhere/", "--checkpoint", "x", "--zero-shot", "--prompt", "no slot"])
+    assert bad.exit_code == 2 and "needs a {} for the class name" in bad.output
