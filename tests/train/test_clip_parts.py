@@ -341,3 +341,33 @@ def test_cli_help_lists_the_clip_options() -> None:
     assert "--objective" in text and "--batch-sizes" in text
     bad = runner.invoke(app, ["eval", "nowhere/", "--checkpoint", "x", "--zero-shot", "--prompt", "no slot"])
     assert bad.exit_code == 2 and "needs a {} for the class name" in bad.output
+
+
+def test_relevance_file_is_checked_where_it_enters(tmp_path: Path) -> None:
+    import numpy as np
+    from vidshard.train.clip_eval import read_relevance
+
+    keys = ["a_00000", "b_00000", "c_00000"]
+    good = tmp_path / "rel.npz"
+    np.savez(good, keys=np.array(["c_00000", "a_00000"]), texts=np.array(["open fridge", "take milk"]),
+             relevance=np.array([[1.0, 0.5], [0.0, 1.0]]))
+    texts, rel, rows = read_relevance(good, keys)
+    assert texts == ["open fridge", "take milk"] and rows == [2, 0]
+    assert rel.tolist() == [[1.0, 0.5], [0.0, 1.0]]
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, keys=np.array(["x_00000"]), texts=np.array(["t"]), relevance=np.array([[1.0]]))
+    with pytest.raises(ValueError, match="1 keys are not samples"):
+        read_relevance(bad, keys)
+    np.savez(bad, keys=np.array(["a_00000"]), texts=np.array(["t"]), relevance=np.array([[2.0]]))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        read_relevance(bad, keys)
+    np.savez(bad, keys=np.array(["a_00000"]), texts=np.array(["t", "u"]), relevance=np.array([[1.0]]))
+    with pytest.raises(ValueError, match="len\\(keys\\) x len\\(texts\\)"):
+        read_relevance(bad, keys)
+    np.savez(bad, keys=np.array(["a_00000"], dtype=object), texts=np.array(["t"]),
+             relevance=np.array([[1.0]]))
+    with pytest.raises(ValueError, match="not a relevance file"):
+        read_relevance(bad, keys)  # object arrays need pickle: refused
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a relevance file"):
+        read_relevance(tmp_path / "junk.npz", keys)
