@@ -313,7 +313,7 @@ def inspect_cmd(
 ) -> None:
     """Summarise a shard set and optionally draw a contact sheet of its clips.
 
-    Samples, hours, classes with counts, resolutions, frame rates and clip durations.
+    Samples, hours, classes with counts, captions, resolutions, frame rates and clip durations.
     """
     from rich.console import Console
     from vidshard.shards.cache import FetchError

@@ -122,7 +122,7 @@ def zero_shot(model: nn.Module, labels: Tensor, embs: Tensor, classes: list[str]
     """Zero-shot classification: top-1/top-5 and per-class accuracy over the labeled clips."""
     per_class = [embed_texts(model, [p.format(name) for p in prompts], device).mean(0) for name in classes]
     weights = torch.nn.functional.normalize(torch.stack(per_class), dim=-1)  # (K, E)
-    scale = float(model.scale())
+    scale = float(model.scale().detach())
     keep = labels >= 0
     scores = (scale * embs[keep] @ weights.T).softmax(-1).mean(dim=1)  # (N, K): mean over views
     y, K = labels[keep], len(classes)
