@@ -121,3 +121,16 @@ def test_clip_learns_words_it_never_saw_together_long(captioned: tuple[Path, Pat
     assert r["text_to_video"]["R@1"] >= 0.7, r  # measured 0.75
     assert r["video_to_text"]["R@1"] >= 0.5, r  # measured 0.5
     assert z["top1"] >= 0.5 and z["chance"] == 0.25, z  # direction, never seen in these combinations: 0.5
+
+
+def test_demo_caption_list_describes_its_sample_videos(tmp_path: Path) -> None:
+    from vidshard.demo import DemoConfig, make_samples, write_caption_list
+    from vidshard.preprocess.inputs import list_inputs
+
+    cfg = DemoConfig(out_dir=tmp_path, videos_per_class=2, seconds=1.0, workers=1)
+    videos = make_samples(tmp_path / "videos", cfg)
+    items = list_inputs(write_caption_list(tmp_path / "videos", cfg))
+    assert {it.path for it in items} == {p.resolve() for p in videos if "broken" not in p.name}
+    for it in items:
+        assert it.label_name in it.caption and it.caption.startswith("a square moving")
+        assert it.caption.endswith(("near the top", "near the bottom"))
