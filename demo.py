@@ -183,8 +183,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
 
 
 def run_clip_step(cfg: DemoConfig, result: DemoResult, console: Console) -> None:
-    """Step 5: the same videos with captions (a CSV list), a short contrastive run, retrieval and
-    zero-shot evaluation printed as a table."""
+    """Step 5: the same videos with captions (a CSV list), a short contrastive run whose video tower
+    starts from step 3's classifier (``--init-from``), retrieval and zero-shot evaluation as tables."""
     from vidshard.train.clip_eval import print_clip_result
     from vidshard.train.config import EvalConfig, TrainConfig
     from vidshard.train.evaluate import evaluate
@@ -203,10 +203,11 @@ def run_clip_step(cfg: DemoConfig, result: DemoResult, console: Console) -> None
     tc = TrainConfig(data=str(pp.output), out=str(cfg.out_dir / "clip-run"), objective="clip", model="vit-t",
                      text_model="tiny", tokenizer=str(tok), frames=8, stride=6, size=48,
                      crop_scale=(0.6, 1.0), flip=False, batch_size=8, steps=40, lr=1e-3, warmup_steps=5,
-                     log_every=10, ckpt_every=40, threads=1, workers=min(2, cfg.workers or 2), progress=False)
-    console.print(f"vidshard train {tc.data} --objective clip --text-model tiny --tokenizer {tok} "
-                  f"--out {tc.out} --frames 8 --stride 6 --size 48 --no-flip --batch-size 8 --steps 40 "
-                  "--lr 1e-3 --threads 1   # tokenizer.json: the captions' words",
+                     log_every=10, ckpt_every=40, threads=1, workers=min(2, cfg.workers or 2), progress=False,
+                     init_from=str(cfg.out_dir / "run"))
+    console.print(f"vidshard train {tc.data} --objective clip --init-from {tc.init_from} --text-model tiny "
+                  f"--tokenizer {tok} --out {tc.out} --frames 8 --stride 6 --size 48 --no-flip "
+                  "--batch-size 8 --steps 40 --lr 1e-3 --threads 1   # tokenizer.json: the captions' words",
                   markup=False, highlight=False)
     result.steps["clip_train"] = train(tc)
     ec = EvalConfig(data=str(pp.output), checkpoint=tc.out, retrieval=True, zero_shot=True,
@@ -215,6 +216,7 @@ def run_clip_step(cfg: DemoConfig, result: DemoResult, console: Console) -> None
     console.print(f"vidshard eval {ec.data} --checkpoint {ec.checkpoint} --retrieval --zero-shot "
                   "--prompt 'a square moving {} near the top' --prompt 'a square moving {} near the bottom'",
                   markup=False, highlight=False)
-    console.print("(on the captions it trained on, after 40 steps: a sanity check, not a benchmark)")
+    console.print("(on the captions it trained on, after 40 steps from step 3's video encoder: a sanity "
+                  "check, not a benchmark)")
     result.steps["clip_eval"] = evaluate(ec)
     print_clip_result(result.steps["clip_eval"], console)
