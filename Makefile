@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all test-gpu lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m ''
+
+# The GPU suite (tests/gpu, see docs/gpu.md); `make test` never collects it. Without a CUDA device
+# it fails with "no CUDA device", so it can never pass by running nothing.
+test-gpu: $(STAMP)
+	@$(BIN)/python -c "import sys, torch; torch.cuda.is_available() or sys.exit('no CUDA device: \
+	make test-gpu checks the CUDA, bf16, flash-attn and NCCL paths and needs a GPU (see docs/gpu.md)')"
+	VIDSHARD_GPU_TESTS=1 $(BIN)/python -m pytest -q -m '' tests/gpu
 
 bench: $(STAMP)
 	$(BIN)/vidshard bench preprocess

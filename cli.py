@@ -449,6 +449,10 @@ def bench_model_cmd(
     steps: int = typer.Option(3, help="Timed steps per path (after one warm-up step); the median counts."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu or cuda."),
     threads: int = typer.Option(0, help="CPU threads (0 = torch's default); 1 is steadier when shared."),
+    peak_tflops: float = typer.Option(None, help="The device's peak dense bf16 TFLOP/s for MFU "
+                                      "[dim]\\[default: looked up by GPU name][/dim]."),
+    fit: bool = typer.Option(True, "--fit/--no-fit", help="On CUDA: search the largest batch that fits, "
+                             "with and without gradient checkpointing."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
     objective: str = typer.Option(None, help="clip: instead, peak memory of the video and the text tower "
                                   "per batch size (--batch-sizes, --text-model)."),
@@ -457,17 +461,14 @@ def bench_model_cmd(
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing",
                                             help="--objective clip: recompute video activations."),
 ) -> None:
-    """Training-step time and peak memory: fused attention (flash-attn / SDPA) vs the plain reference."""
-    from vidshard.benchmarks.model import (
-        ModelBenchConfig,
-        clip_memory,
-        print_clip_memory,
-        print_report,
-        run_bench,
-    )
+    """Training-step time, TFLOP/s, MFU and peak memory: fused attention (flash-attn / SDPA) vs the plain
+    reference; on CUDA also the largest batch that fits. --objective clip: memory of each tower instead."""
+    from vidshard.benchmarks.clip_memory import clip_memory, print_clip_memory
+    from vidshard.benchmarks.model import ModelBenchConfig, print_report, run_bench
 
     cfg = _tr_run(lambda: ModelBenchConfig(model=model, frames=frames, size=size, batch_size=batch_size,
                                            steps=steps, device=device, threads=threads,
+                                           peak_tflops=peak_tflops, fit=fit,
                                            grad_checkpointing=grad_checkpointing))
     if objective == "clip":
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]

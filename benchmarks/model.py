@@ -5,17 +5,24 @@ behind the GPU plan in the README.
 Step times are measured with the paths' steps interleaved in one process (fair under
 load from other processes); peak memory on CPU in a fresh child process per path (its own
 ``ru_maxrss``), on CUDA with ``max_memory_allocated``.
+
+Per row also: achieved TFLOP/s (the training FLOPs of the step, 3x the forward count, over its
+time) and MFU, their share of the device's peak dense bf16 rate (:data:`PEAK_BF16_TFLOPS` by GPU
+name, or ``peak_tflops``); on CUDA, with ``fit``, the largest batch that fits in memory with and
+without gradient checkpointing (:func:`largest_batch`: doubling, then bisection).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing as mp
 import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +59,60 @@ class ModelBenchConfig:
     """Classifier outputs."""
     threads: int = 0
     """CPU threads (0 = torch's default); 1 gives steadier figures on a machine shared with other jobs."""
+    peak_tflops: float | None = None
+    """The device's peak dense bf16 TFLOP/s for MFU; default: looked up by GPU name (none on CPU)."""
+    fit: bool = True
+    """On CUDA: search the largest batch that fits, with and without gradient checkpointing."""
+    fit_limit: int = 4096
+    """Largest batch the fit search tries."""
     grad_checkpointing: bool = False
     """``--objective clip``: recompute the video blocks' activations in backward."""
 
     def __post_init__(self) -> None:
         ViTConfig.from_preset(self.model, frames=self.frames, img_size=self.size)  # validates all three
-        if self.batch_size < 1 or self.steps < 1:
-            raise ValueError("batch_size and steps must be at least 1")
+        if self.batch_size < 1 or self.steps < 1 or self.fit_limit < 1:
+            raise ValueError("batch_size, steps and fit_limit must be at least 1")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"peak_tflops must be positive, got {self.peak_tflops}")
+
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, by a substring of
+# torch.cuda.get_device_name(); the first match wins, so the more specific names come first.
+PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
+    ("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("B200", 2250.0),
+    ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0), ("A10G", 70.0),
+    ("A10", 125.0), ("RTX 6000 Ada", 364.0), ("RTX A6000", 155.0), ("A40", 150.0), ("A30", 165.0),
+    ("RTX 4090", 165.0), ("RTX 3090", 71.0),
+]
+
+
+def peak_tflops_for(device_name: str) -> float | None:
+    """Peak dense bf16 TFLOP/s of a GPU by its name; None when unknown (or without bf16 tensor cores)."""
+    for key, peak in PEAK_BF16_TFLOPS:
+        if key.lower() in device_name.lower():
+            return peak
+    return None
+
+
+def largest_batch(fits: Callable[[int], bool], limit: int, start: int = 1) -> int:
+    """The largest batch ``b <= limit`` with ``fits(b)``, assuming ``fits`` is monotone (a batch that
+    fits means every smaller one does): double from ``start`` until one does not fit, then bisect.
+    0 when not even ``start`` fits. Calls ``fits`` O(log limit) times."""
+    if not fits(start):
+        return 0
+    good, bad = start, None
+    while bad is None and good < limit:
+        trial = min(2 * good, limit)
+        if fits(trial):
+            good = trial
+        else:
+            bad = trial
+    if bad is None:
+        return good
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
 
 
 def flops_per_clip(cfg: ViTConfig, frames: int | None = None, size: int | None = None) -> float:
@@ -69,6 +123,29 @@ def flops_per_clip(cfg: ViTConfig, frames: int | None = None, size: int | None =
     embed = 2 * N * D * cfg.in_chans * cfg.tubelet * cfg.patch_size**2
     block = 8 * N * D * D + 4 * N * N * D + 4 * cfg.mlp_ratio * N * D * D
     return float(embed + cfg.depth * block + 2 * D * cfg.num_classes)
+
+
+def block_flops(tokens: int, dim: int, mlp_ratio: float) -> float:
+    """Forward FLOPs of one transformer block over ``tokens`` tokens of width ``dim``."""
+    N, D = tokens, dim
+    return 8 * N * D * D + 4 * N * N * D + 4 * mlp_ratio * N * D * D
+
+
+def train_flops_per_clip(objective: str, vit: ViTConfig, mask_ratio: float = 0.9, decoder_dim: int = 192,
+                         decoder_depth: int = 4) -> float:
+    """Training FLOPs of one clip (forward + backward = 3x forward). MAE: the encoder sees only the
+    visible tubes, the decoder every token, its last linear predicts every pixel."""
+    if objective != "mae":
+        return 3 * flops_per_clip(vit)
+    from vidshard.train.mae import num_masked
+
+    t, h, w = vit.grid()
+    n, visible = t * h * w, t * (h * w - num_masked(mask_ratio, h * w))
+    D, d, pixels = vit.dim, decoder_dim, vit.in_chans * vit.tubelet * vit.patch_size**2
+    embed = 2 * n * D * pixels
+    encoder = vit.depth * block_flops(visible, D, vit.mlp_ratio)
+    decoder = 2 * visible * D * d + decoder_depth * block_flops(n, d, vit.mlp_ratio) + 2 * n * d * pixels
+    return 3 * float(embed + encoder + decoder)
 
 
 def gpu_plan(preset: str = "vit-b", frames: int = 16, size: int = 224, mfu: float = 0.4
@@ -89,7 +166,8 @@ def gpu_plan(preset: str = "vit-b", frames: int = 16, size: int = 224, mfu: floa
 class _Path:
     """One row's model, optimizer and fixed batch; ``step()`` runs one timed training step."""
 
-    def __init__(self, cfg: ModelBenchConfig, objective: str, impl: str, device: str) -> None:
+    def __init__(self, cfg: ModelBenchConfig, objective: str, impl: str, device: str,
+                 grad_checkpointing: bool = False) -> None:
         from vidshard.train.objectives import get_objective
         from vidshard.train.optim import build_optimizer
 
@@ -98,7 +176,8 @@ class _Path:
         torch.manual_seed(0)
         self.dev = torch.device(device)
         tc = TrainConfig(data="(bench)", model=cfg.model, frames=cfg.frames, size=cfg.size, attn_impl=impl,
-                         objective=objective, batch_size=cfg.batch_size)
+                         objective=objective, batch_size=cfg.batch_size,
+                         grad_checkpointing=grad_checkpointing)
         self.obj = get_objective(objective)
         self.model = self.obj.build_model(tc, cfg.num_classes).to(self.dev).train()
         self.opt = build_optimizer(self.model, lr=1e-4, weight_decay=0.05, device=self.dev)
@@ -133,6 +212,41 @@ def _peak_mb(cfg: ModelBenchConfig, objective: str, impl: str, device: str) -> f
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * scale / 2**20
 
 
+def _fits(cfg: ModelBenchConfig, objective: str, batch: int, checkpointing: bool, device: str) -> bool:
+    """Whether one training step at ``batch`` clips runs without running out of GPU memory."""
+    try:
+        path = _Path(replace(cfg, batch_size=batch), objective, "auto", device, checkpointing)
+        path.step()
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        path = None  # free the model and activations before the next try
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def fit_rows(cfg: ModelBenchConfig, device: str) -> list[dict[str, Any]]:
+    """The largest batch per objective that fits on the GPU, without and with gradient checkpointing."""
+    rows = []
+    for objective in ("supervised", "mae"):
+        for checkpointing in (False, True):
+            best = largest_batch(lambda b, o=objective, c=checkpointing: _fits(cfg, o, b, c, device),
+                                 cfg.fit_limit)
+            rows.append({"objective": objective, "grad_checkpointing": checkpointing, "largest_batch": best})
+    return rows
+
+
+def throughput(row: dict[str, Any], cfg: ModelBenchConfig, peak_tflops: float | None) -> dict[str, Any]:
+    """A row's achieved TFLOP/s (training FLOPs of the step over its time) and MFU against the peak."""
+    vit = ViTConfig.from_preset(cfg.model, frames=cfg.frames, img_size=cfg.size,
+                                num_classes=cfg.num_classes if row["objective"] != "mae" else 0)
+    flops = train_flops_per_clip(row["objective"], vit) * cfg.batch_size
+    tflops = flops / row["step_s"] / 1e12
+    return {"train_tflop_per_step": flops / 1e12, "tflops": tflops,
+            "mfu": tflops / peak_tflops if peak_tflops else None}
+
+
 def run_bench(cfg: ModelBenchConfig) -> dict[str, Any]:
     """Measure every row of :data:`ROWS`; ratios are against the first row.
 
@@ -161,12 +275,17 @@ def run_bench(cfg: ModelBenchConfig) -> dict[str, Any]:
         step_s = statistics.median(ts)
         rows.append({"path": label, "objective": objective, "attn_impl": impl, "step_s": step_s,
                      "clips_per_s": cfg.batch_size / step_s, "peak_mb": peak})
+    cuda = device.startswith("cuda")
+    name = torch.cuda.get_device_name(torch.device(device)) if cuda else "cpu"
+    peak = cfg.peak_tflops or (peak_tflops_for(name) if cuda else None)
     base = rows[0]
     for r in rows:
         r["speedup"] = base["step_s"] / r["step_s"]
         r["memory_ratio"] = r["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else float("nan")
+        r.update(throughput(r, cfg, peak))
     vit = ViTConfig.from_preset(cfg.model, frames=cfg.frames, img_size=cfg.size, num_classes=cfg.num_classes)
-    return {"config": asdict(cfg), "device": device, "torch": torch.__version__,
+    return {"config": asdict(cfg), "device": device, "device_name": name, "peak_tflops": peak,
+            "fit": fit_rows(cfg, device) if cuda and cfg.fit else None, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "tokens": vit.grid()[0] * vit.grid()[1] * vit.grid()[2],
             "gflop_per_clip_forward": flops_per_clip(vit) / 1e9, "rows": rows, "gpu_plan": gpu_plan()}
 
@@ -179,11 +298,15 @@ def print_report(result: dict[str, Any], json_path: str | Path | None = None) ->
     c = result["config"]
     table = Table(title=f"{c['model']} {c['frames']}x{c['size']}x{c['size']}, batch {c['batch_size']}, "
                         f"{result['device']} ({result['threads']} threads), {result['tokens']} tokens/clip")
-    for col in ("path", "step (s)", "clips/s", "peak memory (MiB)", "speed-up", "memory ratio"):
+    for col in ("path", "step (s)", "clips/s", "TFLOP/s", "MFU", "peak memory (MiB)", "speed-up",
+                "memory ratio"):
         table.add_column(col, justify="left" if col == "path" else "right")
     for r in result["rows"]:
-        table.add_row(r["path"], f"{r['step_s']:.3f}", f"{r['clips_per_s']:.2f}", f"{r['peak_mb']:.0f}",
-                      f"{r['speedup']:.2f}x", f"{r['memory_ratio']:.2f}")
+        mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        table.add_row(r["path"], f"{r['step_s']:.3f}", f"{r['clips_per_s']:.2f}", f"{r['tflops']:.3f}", mfu,
+                      f"{r['peak_mb']:.0f}", f"{r['speedup']:.2f}x", f"{r['memory_ratio']:.2f}")
+    table.caption = (f"{result['device_name']}: MFU against a peak of {result['peak_tflops']} TFLOP/s bf16"
+                     if result["peak_tflops"] else "MFU: no peak known for this device (give --peak-tflops)")
     plan = Table(title="GPU plan on paper: vit-b 16x224, training, from the FLOP count")
     for col in ("GPU", "TFLOP/clip", "MFU", "clips/s x1", "clips/s x8"):
         plan.add_column(col, justify="right")
@@ -192,88 +315,14 @@ def print_report(result: dict[str, Any], json_path: str | Path | None = None) ->
                      f"{p['clips_per_s_1']:.0f}", f"{p['clips_per_s_8']:.0f}")
     console = Console()
     console.print(table)
+    if result.get("fit"):
+        fit = Table(title=f"largest batch that fits on {result['device_name']} (fused attention, bf16)")
+        for col in ("objective", "grad checkpointing", "largest batch"):
+            fit.add_column(col, justify="right")
+        for r in result["fit"]:
+            fit.add_row(r["objective"], "yes" if r["grad_checkpointing"] else "no", str(r["largest_batch"]))
+        console.print(fit)
     console.print(plan)
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {json_path}")
-
-
-# == --objective clip: peak memory of each tower per batch size ==================================
-
-
-def _tower_peak(cfg: ModelBenchConfig, tower: str, batch: int, text_model: str, device: str
-                ) -> tuple[float, float]:
-    """Peak memory (MiB, over the state before) and time (s) of a forward + backward of one tower of a
-    clip model at ``batch`` clips or captions; run in a fresh process on CPU (``ru_maxrss``)."""
-    from vidshard.train.clip import ClipObjective
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    tc = TrainConfig(data="(bench)", objective="clip", model=cfg.model, frames=cfg.frames, size=cfg.size,
-                     text_model=text_model, grad_checkpointing=cfg.grad_checkpointing)
-    model = ClipObjective().build_model(tc, 0).to(dev).train()
-    if tower == "video":
-        x = torch.randn(batch, 3, cfg.frames, cfg.size, cfg.size, device=dev)
-
-        def run() -> torch.Tensor:
-            return model.encode_video(x).sum()
-    else:
-        ids = torch.randint(0, model.text.config.vocab_size, (batch, model.spec.context), device=dev)
-        ids[:, -1] = model.eos_id
-
-        def run() -> torch.Tensor:
-            return model.encode_text(ids).sum()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        before = torch.cuda.memory_allocated(dev)
-    else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        run().backward()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        return (torch.cuda.max_memory_allocated(dev) - before) / 2**20, time.perf_counter() - t0
-    scale = 1 if sys.platform == "darwin" else 1024
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * scale / 2**20
-    return peak, time.perf_counter() - t0
-
-
-def clip_memory(cfg: ModelBenchConfig, batch_sizes: list[int], text_model: str = "clip-b16"
-                ) -> dict[str, Any]:
-    """Peak memory and time of a training forward + backward of the video and the text tower of a clip
-    model, per batch size, each measurement in a fresh process (on CUDA: ``max_memory_allocated``)."""
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
-    device = "cpu" if device == "auto" else device
-    rows = []
-    for tower in ("video", "text"):
-        for b in batch_sizes:
-            with mp.get_context("spawn").Pool(1) as pool:
-                peak, secs = pool.apply(_tower_peak, (cfg, tower, b, text_model, device))
-            rows.append({"tower": tower, "batch": b, "peak_mb": peak, "mb_per_item": peak / b,
-                         "step_s": secs})
-    return {"config": asdict(cfg), "device": device, "text_model": text_model, "torch": torch.__version__,
-            "rows": rows}
-
-
-def print_clip_memory(result: dict[str, Any], json_path: str | Path | None = None) -> None:
-    """The per-tower memory table (and the JSON when asked)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    c = result["config"]
-    table = Table(title=f"clip towers: video {c['model']} {c['frames']}x{c['size']}x{c['size']}"
-                        f"{' + grad checkpointing' if c['grad_checkpointing'] else ''}, text "
-                        f"{result['text_model']}; forward + backward on {result['device']}")
-    for col in ("tower", "batch", "peak memory (MiB)", "MiB per clip/caption", "time (s)"):
-        table.add_column(col, justify="right")
-    for r in result["rows"]:
-        table.add_row(r["tower"], str(r["batch"]), f"{r['peak_mb']:.0f}", f"{r['mb_per_item']:.1f}",
-                      f"{r['step_s']:.2f}")
-    console = Console()
-    console.print(table)
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {json_path}")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -69,6 +70,17 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+# torch 2.13 renamed DDP's broadcast_buffers (which it deprecates) to forward_sync_buffers
+_DDP_ARGS = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+_NO_BUFFER_SYNC = {"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS else {
+    "broadcast_buffers": False}
+
+
+def buffers_synced_every_step(ddp: nn.Module) -> bool | None:
+    """Whether a DDP module sends its buffers from rank 0 before every forward (None: not DDP)."""
+    return getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None))
+
+
 def wrap(model: nn.Module, info: DistInfo, compile: bool = False) -> nn.Module:
     """DDP across processes (when more than one), then optional ``torch.compile``.
 
@@ -77,7 +89,7 @@ def wrap(model: nn.Module, info: DistInfo, compile: bool = False) -> nn.Module:
     """
     if info.world_size > 1:
         ids = [info.device.index] if info.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids, **_NO_BUFFER_SYNC)
     if compile:
         model = torch.compile(model)
     return model

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from .metrics import Meter, RunLog, check_finite, progress_bar, truncate_metrics
 from .model import flash_attn_problem, flash_attn_usable
 from .objectives import Objective, get_objective
 from .optim import build_optimizer, lr_at, set_lr
-from .prefetch import device_batch
+from .prefetch import Prefetcher, device_batch
 
 
 @dataclass(frozen=True)
@@ -252,17 +251,14 @@ def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
     with bar:
         task = bar.add_task("train", total=run.total, completed=run.step, loss=float("nan"),
                             clips_per_s=0.0, data_wait=0.0)
-        batches = _batches(run)
+        batches = Prefetcher(_batches(run), info.device)  # the next batch goes to the device during a step
         while run.step < stop_at:
-            t0 = time.perf_counter()
-            epoch, raw = next(batches)
-            wait = time.perf_counter() - t0  # blocked on the loader only: the step below does not sync
-            batch = device_batch(raw, info.device)
+            epoch, batch = next(batches)
             lr = lr_at(run.step, total=run.total, base_lr=cfg.lr, warmup=run.warmup, min_lr=cfg.min_lr)
             m = train_step(run.wrapped, run.objective, batch, run.optimizer, lr=lr, clip_grad=cfg.clip_grad,
                            amp=cfg.amp)
             run.step += 1
-            meter.add(wait_s=wait, clips=len(batch["label"]), values=m)
+            meter.add(wait_s=batches.take_wait(), clips=len(batch["label"]), values=m)
             # -- every log_every steps: metrics.jsonl, TensorBoard, progress bar (the one host sync)
             if run.step % cfg.log_every == 0 or run.step == stop_at:
                 summary = distributed.mean_across(meter.summary(info.world_size), info)

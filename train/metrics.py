@@ -1,7 +1,8 @@
 """What a run reports: ``metrics.jsonl``, TensorBoard events and a rich progress bar (rank 0 only).
 
-:class:`Meter` splits each step's wall time into waiting for data and computing,
-and averages loss and friends over a logging interval.
+:class:`Meter` keeps a logging interval's step metrics on the device and reads them back in
+one copy when the run logs; it reports clips/s over the interval's wall time and the share of it
+spent blocked on the loader.
 """
 
 from __future__ import annotations

@@ -4,11 +4,18 @@
 ``valid`` to the device with ``non_blocking`` copies (from pinned memory on CUDA, so the
 copy does not wait for the GPU) and normalises the video there. Every other key passes
 through untouched.
+
+:class:`Prefetcher` keeps one batch ahead: while the GPU runs step n, batch n+1 is copied
+and normalised on a side CUDA stream, and the time spent blocked on the loader (not on
+the GPU) is counted as data wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -47,3 +54,46 @@ def device_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     out["label"] = batch["label"].to(device, non_blocking=True)
     out["valid"] = torch.as_tensor(valid, dtype=torch.bool).to(device, non_blocking=True)
     return out
+
+
+class Prefetcher:
+    """``(epoch, device batch)`` pairs from an iterator of ``(epoch, loader batch)``, one batch ahead.
+
+    On CUDA the copy and normalisation of the next batch are queued on a side stream right after the
+    current batch is handed out, so they overlap the step; the step's stream waits for that copy before
+    it uses the batch. Note for resume bookkeeping: after ``n`` batches handed out, the loader has
+    produced ``n + 1``.
+    """
+
+    def __init__(self, batches: Iterator[tuple[int, dict[str, Any]]], device: torch.device) -> None:
+        self.batches = batches
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.wait_s = 0.0
+        self._next: tuple[int, dict[str, Any]] | None = None
+
+    def _fetch(self) -> tuple[int, dict[str, Any]]:
+        t0 = time.perf_counter()
+        epoch, raw = next(self.batches)
+        self.wait_s += time.perf_counter() - t0  # blocked on the loader only
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            return epoch, device_batch(raw, self.device)
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> tuple[int, dict[str, Any]]:
+        epoch, batch = self._next if self._next is not None else self._fetch()
+        if self.stream is not None:
+            step_stream = torch.cuda.current_stream(self.device)
+            step_stream.wait_stream(self.stream)  # the copy is done before the step reads the batch
+            for v in batch.values():
+                if isinstance(v, Tensor) and v.is_cuda:
+                    v.record_stream(step_stream)  # made on the side stream, freed after the step's use
+        self._next = self._fetch()
+        return epoch, batch
+
+    def take_wait(self) -> float:
+        """Seconds blocked on the loader since the last call."""
+        wait, self.wait_s = self.wait_s, 0.0
+        return wait

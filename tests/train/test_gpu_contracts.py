@@ -58,3 +58,85 @@ def test_bare_cuda_under_torchrun_means_this_ranks_gpu(monkeypatch: pytest.Monke
     assert pick_device("auto", local_rank=2) == torch.device("cuda", 2)
     assert pick_device("cuda:1", local_rank=3) == torch.device("cuda", 1)  # an explicit index is kept
     assert pick_device("cpu", local_rank=3) == torch.device("cpu")
+
+
+def test_the_sync_counter_sees_what_makes_a_gpu_wait() -> None:
+    from .host_syncs import HostSyncCounter
+
+    x = torch.randn(8)
+    for read_back in (lambda: x.sum().item(), lambda: bool(torch.isfinite(x).all()), lambda: float(x.max()),
+                      lambda: x[x > 0], lambda: x.tolist(), lambda: (x > 0).nonzero()):
+        with HostSyncCounter() as c:
+            read_back()
+        assert c.syncs, read_back
+    with HostSyncCounter(ignore=(x,)) as c:
+        x.sum(), x.add_(1), x.max()  # queued work only; and an ignored tensor's item()
+        x.tolist()
+    assert c.syncs == []
+
+
+def test_steps_do_not_wait_for_the_gpu_except_to_log(motion_train: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every host sync of a run (loading batches excluded) happens at a logging step: none inside
+    ``train_step``, none between two logs. MAE, padding clips and drop path included."""
+    from torch.utils._python_dispatch import _disable_current_modes
+    from vidshard.train import loop
+
+    from .host_syncs import HostSyncCounter
+
+    calls = {"step": 0, "inside": False}
+    real_step, real_batches = loop.train_step, loop._batches
+
+    def step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["inside"] = True
+        counter.optimizer = args[3]  # AdamW's step counters stay on the host
+        before = len(counter.syncs)
+        out = real_step(*args, **kwargs)
+        inside.extend(counter.syncs[before:])
+        calls["step"] += 1
+        calls["inside"] = False
+        return out
+
+    def batches(run):  # noqa: ANN001, ANN202  (the loader works on the host by design)
+        gen = real_batches(run)
+        while True:
+            with _disable_current_modes():
+                item = next(gen)
+            yield item
+
+    class AtStep(HostSyncCounter):
+        def _record(self, op: str) -> None:
+            super()._record(op)
+            self.syncs[-1] = (*self.syncs[-1], calls["step"])
+
+    inside: list = []
+    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(loop, "_batches", batches)
+    cfg = TrainConfig(data=str(motion_train), out=str(tmp_path / "run"), objective="mae", steps=6,
+                      log_every=3, ckpt_every=100, drop_path=0.1, mask_ratio=0.75, decoder_dim=32,
+                      decoder_depth=1, **{**CLIP, "batch_size": 24})  # 64 clips: the last batch is padded
+    with AtStep() as counter:
+        loop.train(cfg)
+    assert inside == [], inside[:5]
+    assert {s[2] for s in counter.syncs} <= {0, 3, 6}, [s for s in counter.syncs if s[2] not in (0, 3, 6)][:5]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_the_gpu_suite_refuses_to_pass_without_a_gpu() -> None:
+    import os
+    import subprocess
+    import sys
+
+    import vidshard
+
+    root = Path(vidshard.__file__).parent
+    bin_dir = str(Path(sys.executable).parent)
+    make = subprocess.run(["make", "-s", "-o", ".venv/.installed", f"BIN={bin_dir}", "test-gpu"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert make.returncode != 0 and "no CUDA device" in make.stderr, make.stderr
+    pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu"]
+    enabled = subprocess.run(pytest_cmd, cwd=root, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "VIDSHARD_GPU_TESTS": "1"})
+    assert enabled.returncode != 0 and "no CUDA device" in enabled.stdout + enabled.stderr
+    # Without VIDSHARD_GPU_TESTS=1 the suite is not collected: were it collected, this very `make test`
+    # run would stop at tests/gpu's "no CUDA device" exit.
