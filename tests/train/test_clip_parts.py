@@ -371,3 +371,13 @@ def test_relevance_file_is_checked_where_it_enters(tmp_path: Path) -> None:
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a relevance file"):
         read_relevance(tmp_path / "junk.npz", keys)
+
+
+def test_tower_memory_bench_measures_both_towers() -> None:
+    from vidshard.benchmarks.clip_memory import _tower_peak
+    from vidshard.benchmarks.model import ModelBenchConfig
+
+    cfg = ModelBenchConfig(model="vit-t", frames=2, size=32, threads=1)
+    for tower in ("video", "text"):
+        peak, secs = _tower_peak(cfg, tower, 2, "tiny", "cpu")
+        assert peak >= 0 and secs > 0
