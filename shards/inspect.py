@@ -78,7 +78,7 @@ class Summary:
     captions: int = 0
     """Distinct captions summed over the samples."""
     caption_examples: list[str] = field(default_factory=list)
-    """The first few captions, to show."""
+    """The first few distinct captions, to show."""
 
     def add(self, meta: SampleMeta) -> None:
         duration = meta.end_s - meta.start_s
@@ -92,7 +92,8 @@ class Summary:
         texts = meta_captions(meta)
         self.captioned += bool(texts)
         self.captions += len(texts)
-        self.caption_examples += texts[: max(0, 3 - len(self.caption_examples))]
+        new = [t for t in texts if t not in self.caption_examples]
+        self.caption_examples += new[: max(0, 3 - len(self.caption_examples))]
 
 
 def meta_captions(meta: SampleMeta) -> list[str]:
