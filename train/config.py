@@ -75,7 +75,9 @@ class TrainConfig:
     attn_impl: str = "auto"
     """Attention kernel: ``auto``, ``flash``, ``sdpa`` or ``reference``."""
     init_from: str | None = None
-    """Checkpoint whose encoder weights start the model (decoder and head dropped, new head)."""
+    """Checkpoint whose encoder weights start the model (decoder and head dropped, new head); for clip also
+    image-CLIP vision weights (a CLIPVisionModel state dict), inflated into the video tower (--vit-arch
+    clip)."""
     mask_ratio: float = 0.9
     """MAE: share of tubes masked."""
     decoder_dim: int = 192
