@@ -91,14 +91,25 @@ def _loss_and_grads(xv, xt, wv, wt, valid):
     return loss.detach(), metrics, [wv.grad, wt.grad, scale.grad]
 
 
+def _reference(xv, xt, wv, wt, valid):
+    """The loss and gradients written out plainly (no gather, no weighting): the valid pairs only."""
+    wv, wt = wv.clone().requires_grad_(), wt.clone().requires_grad_()
+    scale = torch.tensor(math.log(1 / 0.07)).requires_grad_()
+    v, t = F.normalize(xv @ wv, dim=-1)[valid], F.normalize(xt @ wt, dim=-1)[valid]
+    logits = scale.exp() * v @ t.T
+    target = torch.arange(len(v))
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    loss.backward()
+    return loss.detach(), [wv.grad, wt.grad, scale.grad]
+
+
 def test_loss_is_symmetric_infonce_and_ignores_padding() -> None:
     xv, xt, wv, wt, valid = _pairs()
-    loss, metrics, _ = _loss_and_grads(xv, xt, wv, wt, valid)
-    v, t = F.normalize(xv @ wv, dim=-1)[valid], F.normalize(xt @ wt, dim=-1)[valid]
-    logits = v @ t.T / 0.07
-    target = torch.arange(len(v))
-    expected = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    loss, metrics, grads = _loss_and_grads(xv, xt, wv, wt, valid)
+    expected, expected_grads = _reference(xv, xt, wv, wt, valid)
     assert loss == pytest.approx(expected.item(), rel=1e-5)
+    for g, h in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
     assert metrics["acc"].ndim == 0 and 0 <= metrics["acc"].item() <= 1
     # A batch of padding only: zero loss and finite (zero) gradients, not NaN.
     pad_loss, _, grads = _loss_and_grads(xv, xt, wv, wt, torch.zeros(8, dtype=torch.bool))
@@ -138,7 +149,7 @@ def test_two_gloo_ranks_give_the_loss_and_gradients_of_one_process(tmp_path: Pat
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     loss, *grads = torch.load(out)
-    one_loss, _, one_grads = _loss_and_grads(*_pairs())
+    one_loss, one_grads = _reference(*_pairs())
     assert loss.item() == pytest.approx(one_loss.item(), rel=1e-5)
     for g, h in zip(grads, one_grads, strict=True):
         torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
