@@ -114,7 +114,7 @@ def test_clip_learns_words_it_never_saw_together(captioned: tuple[Path, Path, Pa
 @pytest.mark.slow
 def test_clip_learns_words_it_never_saw_together_long(captioned: tuple[Path, Path, Path],
                                                       tmp_path: Path) -> None:
-    """200 steps (about 80 s of training on a quiet 2-core machine, 12 min on a loaded one)."""
+    """200 steps: 3.2 min (106 CPU-seconds) on the shared 2-core machine it was measured on."""
     result = run_evidence(captioned, tmp_path / "run", steps=200)
     r, z = result["retrieval"], result["zero_shot"]
     # Chance: R@1 1/4 both ways (text->video: 3 relevant clips of 12; video->text: 1 of 4 captions).
