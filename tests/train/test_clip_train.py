@@ -134,3 +134,31 @@ def test_demo_caption_list_describes_its_sample_videos(tmp_path: Path) -> None:
     for it in items:
         assert it.label_name in it.caption and it.caption.startswith("a square moving")
         assert it.caption.endswith(("near the top", "near the bottom"))
+
+
+def test_cli_trains_and_evaluates_a_clip_model(captioned: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+    from vidshard.cli import app
+    from vidshard.train.checkpoint import load_checkpoint
+
+    train_set, held_out, tok = captioned
+    out = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", str(train_set), "--objective", "clip", "--text-model", "tiny",
+                              "--tokenizer", str(tok), "--embed-dim", "64", "--out", str(out), "--steps", "2",
+                              "--batch-size", "8", "--frames", "4", "--size", "32", "--workers", "0",
+                              "--threads", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    ckpt = load_checkpoint(out)
+    assert ckpt["objective"] == "clip" and ckpt["model"]["video_proj.weight"].shape[0] == 64
+    res = runner.invoke(app, ["eval", str(held_out), "--checkpoint", str(out), "--retrieval", "--zero-shot",
+                              "--prompt", "red square moving {}", "--prompt", "blue bar moving {}",
+                              "--temporal-views", "1", "--spatial-views", "2", "--workers", "0", "--quiet"],
+                        terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "text -> video" in res.output and "zero-shot classification" in res.output
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["zero_shot"]["prompts"] == ["red square moving {}", "blue bar moving {}"]
+    assert saved["views"] == {"temporal": 1, "spatial": 2} and saved["retrieval"]["clips"] == 12
+    bad = runner.invoke(app, ["eval", str(held_out), "--checkpoint", str(out), "--workers", "0", "--quiet"])
+    assert bad.exit_code == 2 and "--retrieval / --zero-shot" in bad.output
