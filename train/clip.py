@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -41,7 +42,9 @@ def gather_with_grad(x: Tensor) -> Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    with warnings.catch_warnings():  # torch 2.13 deprecates it for a private API; it is still the public one
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        return torch.cat(all_gather(x), dim=0)
 
 
 def gather_plain(x: Tensor) -> Tensor:

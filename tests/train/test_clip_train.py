@@ -162,3 +162,24 @@ def test_cli_trains_and_evaluates_a_clip_model(captioned: tuple[Path, Path, Path
     assert saved["views"] == {"temporal": 1, "spatial": 2} and saved["retrieval"]["clips"] == 12
     bad = runner.invoke(app, ["eval", str(held_out), "--checkpoint", str(out), "--workers", "0", "--quiet"])
     assert bad.exit_code == 2 and "--retrieval / --zero-shot" in bad.output
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_train_a_clip_model(captioned: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from vidshard.train.metrics import read_metrics
+
+    train_set, _, tok = captioned
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(Path(sys.executable).parent / "vidshard"), "train", str(train_set), "--objective", "clip",
+           "--tokenizer", str(tok), "--out", str(out), "--steps", "3", "--batch-size", "8", "--frames", "4",
+           "--size", "32", "--workers", "0", "--device", "cpu", "--log-every", "1", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "deprecated" not in proc.stderr
+    assert [m["step"] for m in read_metrics(out) if m["split"] == "train"] == [1, 2, 3]
