@@ -174,6 +174,10 @@ def train_cmd(
     mask_ratio: float = typer.Option(None, help=_tr_help("mask_ratio")),
     decoder_dim: int = typer.Option(None, help=_tr_help("decoder_dim")),
     decoder_depth: int = typer.Option(None, help=_tr_help("decoder_depth")),
+    text_model: str = typer.Option(None, help=_tr_help("text_model")),
+    tokenizer: str = typer.Option(None, help=_tr_help("tokenizer")),
+    embed_dim: int = typer.Option(None, help=_tr_help("embed_dim")),
+    vit_arch: str = typer.Option(None, help=_tr_help("vit_arch")),
     pos_embed: str = typer.Option(None, help=_tr_help("pos_embed")),
     pool: str = typer.Option(None, help=_tr_help("pool")),
     grad_checkpointing: bool = typer.Option(None, "--grad-checkpointing",
@@ -194,7 +198,7 @@ def train_cmd(
     follow: bool = typer.Option(None, "--follow", help=_tr_help("follow")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Train a video ViT on a shard set (supervised from its labels, or MAE pretraining).
+    """Train a video ViT on a shard set: supervised from its labels, MAE, or contrastive from captions.
 
     Writes RUN/config.json, RUN/metrics.jsonl, TensorBoard events in RUN/tb and checkpoints in
     RUN/checkpoints. Several processes: [bold]torchrun --nproc-per-node N $(which vidshard) train ...[/bold]
@@ -218,7 +222,8 @@ def train_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    shardset: str = typer.Argument(..., help="Labeled shard set to evaluate on."),
+    shardset: str = typer.Argument(..., help="Shard set to evaluate on (labeled for accuracy and "
+                                   "--zero-shot, captioned for --retrieval)."),
     checkpoint: str = typer.Option(..., help="Checkpoint file (or a run folder: its newest checkpoint)."),
     out: str = typer.Option(None, help="JSON file for the results [dim]\\[default: RUN/eval.json][/dim]."),
     temporal_views: int = typer.Option(None, help=_tr_help("temporal_views", "EvalConfig")),
@@ -230,19 +235,31 @@ def eval_cmd(
     cache_dir: str = typer.Option(None, help=_tr_help("cache_dir", "EvalConfig")),
     cache_limit: str = typer.Option(None, help=_tr_help("cache_limit", "EvalConfig")),
     timeout: float = typer.Option(None, help=_tr_help("timeout", "EvalConfig")),
+    retrieval: bool = typer.Option(None, "--retrieval", help=_tr_help("retrieval", "EvalConfig")),
+    zero_shot: bool = typer.Option(None, "--zero-shot", help=_tr_help("zero_shot", "EvalConfig")),
+    prompt: list[str] = typer.Option(None, "--prompt", help="Zero-shot prompt template ({} = the class "
+                                     "name); repeat for several, averaged \\[default: a video of {}.]"),
+    relevance: str = typer.Option(None, help=_tr_help("relevance", "EvalConfig")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Top-1 / top-5 and per-class accuracy of a checkpoint, scores averaged over several views."""
+    """Top-1 / top-5 and per-class accuracy of a checkpoint, scores averaged over several views.
+
+    A clip (video-text) checkpoint: zero-shot retrieval (--retrieval) and classification (--zero-shot).
+    """
     from vidshard.train.config import EvalConfig, build_config
-    from vidshard.train.evaluate import evaluate, print_table
+    from vidshard.train.evaluate import evaluate, print_result
 
     options = dict(data=shardset, checkpoint=checkpoint, out=out, temporal_views=temporal_views,
                    spatial_views=spatial_views, batch_size=batch_size, workers=workers, device=device,
                    threads=threads, cache_dir=cache_dir, cache_limit=cache_limit, timeout=timeout,
-                   progress=False if quiet else None)
+                   progress=False if quiet else None, retrieval=retrieval, zero_shot=zero_shot,
+                   prompts=tuple(prompt) if prompt else None, relevance=relevance)
     result = _tr_run(evaluate, _tr_run(build_config, EvalConfig, None, options))
-    print_table(result)
-    typer.echo(f"top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%}; wrote {result['out']}")
+    print_result(result)
+    if "top1" in result:
+        typer.echo(f"top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%}; wrote {result['out']}")
+    else:
+        typer.echo(f"wrote {result['out']}")
 
 
 # == verify / serve / inspect / merge (shards/) ==================================================
@@ -339,7 +356,7 @@ def inspect_cmd(
 ) -> None:
     """Summarise a shard set and optionally draw a contact sheet of its clips.
 
-    Samples, hours, classes with counts, resolutions, frame rates and clip durations.
+    Samples, hours, classes with counts, captions, resolutions, frame rates and clip durations.
     """
     from rich.console import Console
     from vidshard.shards.cache import FetchError
@@ -558,15 +575,29 @@ def bench_model_cmd(
     fit: bool = typer.Option(True, "--fit/--no-fit", help="On CUDA: search the largest batch that fits, "
                              "with and without gradient checkpointing."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    objective: str = typer.Option(None, help="clip: instead, peak memory of the video and the text tower "
+                                  "per batch size (--batch-sizes, --text-model)."),
+    batch_sizes: str = typer.Option("1,2,4", help="--objective clip: batch sizes, comma-separated."),
+    text_model: str = typer.Option("clip-b16", help="--objective clip: text tower preset or folder/hub."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing",
+                                            help="--objective clip: recompute video activations."),
 ) -> None:
     """Training-step time, TFLOP/s, MFU and peak memory: fused attention (flash-attn / SDPA) vs the plain
-    reference; on CUDA also the largest batch that fits."""
+    reference; on CUDA also the largest batch that fits. --objective clip: memory of each tower instead."""
+    from vidshard.benchmarks.clip_memory import clip_memory, print_clip_memory
     from vidshard.benchmarks.model import ModelBenchConfig, print_report, run_bench
 
     cfg = _tr_run(lambda: ModelBenchConfig(model=model, frames=frames, size=size, batch_size=batch_size,
                                            steps=steps, device=device, threads=threads,
-                                           peak_tflops=peak_tflops, fit=fit))
-    print_report(_tr_run(run_bench, cfg), json_out)
+                                           peak_tflops=peak_tflops, fit=fit,
+                                           grad_checkpointing=grad_checkpointing))
+    if objective == "clip":
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+        print_clip_memory(_tr_run(clip_memory, cfg, sizes, text_model), json_out)
+    elif objective is None:
+        print_report(_tr_run(run_bench, cfg), json_out)
+    else:
+        raise _sh_fail(ValueError(f"--objective {objective!r}: bench model knows only clip"))
 
 
 @bench_app.command("mae")

@@ -65,6 +65,8 @@ class ModelBenchConfig:
     """On CUDA: search the largest batch that fits, with and without gradient checkpointing."""
     fit_limit: int = 4096
     """Largest batch the fit search tries."""
+    grad_checkpointing: bool = False
+    """``--objective clip``: recompute the video blocks' activations in backward."""
 
     def __post_init__(self) -> None:
         ViTConfig.from_preset(self.model, frames=self.frames, img_size=self.size)  # validates all three

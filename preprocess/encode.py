@@ -230,6 +230,7 @@ def _sample_metas(job: EncodeJob, info: ProbeInfo, start: float, chunks: list[di
             end_s=round(offset + end, 6), frames=c["frames"], fps=round(c["fps"], 6), width=c["width"],
             height=c["height"], label=job.label,
             label_name=item.label_name if job.label is not None else None, caption=item.caption,
+            captions=list(item.captions) or None,
             starts_at_cut=_at_cut(t - start, cuts, c["fps"]), extra=origin))
         t = end
     return metas

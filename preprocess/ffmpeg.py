@@ -119,6 +119,10 @@ class Synth:
     """``moving``: top-left corner of the square at t=0."""
     box: int = 32
     """``moving``: side of the square in pixels."""
+    box_height: int = 0
+    """``moving``: height of the box when it is not a square (0: ``box``, a square)."""
+    color: str = "white"
+    """``moving``: the box's colour (an ffmpeg colour name such as ``red`` or ``0x3366ff``)."""
 
 
 COUNTER_BITS = 10
@@ -135,11 +139,12 @@ def _source(s: Synth) -> ffmpeg.nodes.FilterableStream:
         v = v.filter("format", "yuv420p").filter("geq", lum=lum, cb="128", cr="128")
     elif s.pattern == "moving":
         bg = ffmpeg.input(f"color=c=black:size={size}:rate={s.fps}", f="lavfi", t=s.seconds)
-        sq = ffmpeg.input(f"color=c=white:size={s.box}x{s.box}:rate={s.fps}", f="lavfi", t=s.seconds)
+        bh = s.box_height or s.box
+        sq = ffmpeg.input(f"color=c={s.color}:size={s.box}x{bh}:rate={s.fps}", f="lavfi", t=s.seconds)
         (x0, y0), (vx, vy) = s.start, s.velocity
         # Wrap around the frame so the square never leaves the picture.
         x = f"mod({x0}+{vx}*t+{s.width * 4},{s.width - s.box})"
-        y = f"mod({y0}+{vy}*t+{s.height * 4},{s.height - s.box})"
+        y = f"mod({y0}+{vy}*t+{s.height * 4},{s.height - bh})"
         v = ffmpeg.overlay(bg, sq, x=x, y=y, eval="frame")
     else:
         raise ValueError(f"unknown synthetic pattern {s.pattern!r}")

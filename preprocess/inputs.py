@@ -4,6 +4,8 @@ A folder is searched recursively and every regular file is an input (whether it
 is a video is decided by probing it, not by its extension). A list names
 ``path`` and optionally ``label``, ``start``, ``end`` and ``caption``; with
 ``start``/``end`` each row is one annotated segment and becomes its own input.
+Rows naming the same path, start and end are one input with all their captions
+(several narrations of one clip).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,9 @@ class InputItem:
     end_s: float | None = None
     """Segment end in the source, seconds (``None``: the end)."""
     caption: str | None = None
-    """Free text carried into the sample metadata."""
+    """Free text carried into the sample metadata (the first, when there are several)."""
+    captions: tuple[str, ...] = ()
+    """Every caption, when rows of a list gave this input several."""
     origin: dict[str, Any] | None = None
     """A sample of a shard-set INPUT: what its new samples carry over (see ``from_shards``)."""
     member: tuple[str, int, int, str] | None = None
@@ -75,7 +79,7 @@ def list_inputs(source: Path, *, labels_from_dirs: bool = False,
     elif source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
         if labels_from_dirs:
             raise InputError("--labels-from-dirs needs a folder INPUT; a list has a 'label' column")
-        items = _read_list(source)
+        items = merge_captions(_read_list(source))
     elif source.exists():
         raise InputError(f"{source}: INPUT must be a folder of videos or a .csv / .jsonl list of them")
     else:
@@ -125,6 +129,27 @@ def _read_list(list_path: Path) -> list[InputItem]:
         items.append(InputItem(path=path.absolute(), rel=Path(raw).as_posix(), label_name=label,
                                start_s=start, end_s=end, caption=caption))
     return items
+
+
+def merge_captions(items: list[InputItem]) -> list[InputItem]:
+    """One item per (path, start, end): rows repeating an input add their captions to it (in list order,
+    duplicates dropped); the rows must agree on the label."""
+    merged: dict[tuple, InputItem] = {}
+    texts: dict[tuple, list[str]] = {}
+    for it in items:
+        key = (it.rel, it.start_s, it.end_s)
+        first = merged.setdefault(key, it)
+        if first.label_name != it.label_name:
+            raise InputError(f"{it.display}: listed twice with different labels ({first.label_name!r}, "
+                             f"{it.label_name!r}); a clip has one label (it may have several captions)")
+        if it.caption is not None and it.caption not in texts.setdefault(key, []):
+            texts[key].append(it.caption)
+    out = []
+    for key, it in merged.items():
+        caps = texts.get(key, [])
+        several = tuple(caps) if len(caps) > 1 else ()
+        out.append(replace(it, caption=caps[0] if caps else None, captions=several))
+    return out
 
 
 def _read_rows(list_path: Path) -> list[dict]:

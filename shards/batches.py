@@ -83,23 +83,25 @@ class SlotRing:
 
 
 def _cat(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pieces joined along the batch: tensors concatenated, lists (keys) chained; any further tensor
+    fields (e.g. a contrastive run's ``text``) travel like ``label``."""
+    pieces = [p for p in pieces if len(p["key"])] or pieces[:1]  # an empty piece may lack extra fields
     if len(pieces) == 1:
         return pieces[0]
-    return {"video": torch.cat([p["video"] for p in pieces]),  # (B, ...) along the batch
-            "label": torch.cat([p["label"] for p in pieces]),
-            "key": [k for p in pieces for k in p["key"]], "valid": torch.cat([p["valid"] for p in pieces])}
+    return {k: [x for p in pieces for x in p[k]] if isinstance(v, list) else torch.cat([p[k] for p in pieces])
+            for k, v in pieces[0].items()}
 
 
 def _slice(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
-    return {"video": batch["video"][start:stop], "label": batch["label"][start:stop],
-            "key": batch["key"][start:stop], "valid": batch["valid"][start:stop]}
+    return {k: v[start:stop] for k, v in batch.items()}
 
 
 def _repeats(recent: dict[str, Any], count: int, start: int = 0) -> dict[str, Any]:
-    """``count`` clips cycled from ``recent`` (from its ``start``-th, modulo its length), marked invalid."""
+    """``count`` clips cycled from ``recent`` (from its ``start``-th, modulo its length), marked invalid;
+    every field travels (a contrastive run's ``text`` like ``label``)."""
     idx = (torch.arange(count) + start) % len(recent["key"])
-    return {"video": recent["video"][idx], "label": recent["label"][idx],
-            "key": [recent["key"][i] for i in idx.tolist()], "valid": torch.zeros(count, dtype=torch.bool)}
+    out = {k: [v[i] for i in idx.tolist()] if isinstance(v, list) else v[idx] for k, v in recent.items()}
+    return out | {"valid": torch.zeros(count, dtype=torch.bool)}
 
 
 def pad_to(piece: dict[str, Any], target: int, recent: dict[str, Any] | None,
@@ -113,9 +115,10 @@ def pad_to(piece: dict[str, Any], target: int, recent: dict[str, Any] | None,
     stats.padded += target - have
     pool = piece if have else recent
     if pool is None or not len(pool["key"]):
-        return {"video": torch.zeros((target, *piece["video"].shape[1:]), dtype=torch.uint8),
-                "label": torch.full((target,), -1, dtype=torch.int64), "key": [""] * target,
-                "valid": torch.zeros(target, dtype=torch.bool)}
+        blank = {k: torch.zeros((target, *v.shape[1:]), dtype=v.dtype) for k, v in piece.items()
+                 if isinstance(v, torch.Tensor)}  # e.g. a contrastive run's text, like the video
+        return blank | {"label": torch.full((target,), -1, dtype=torch.int64), "key": [""] * target,
+                        "valid": torch.zeros(target, dtype=torch.bool)}
     fill = _repeats(pool, target - have)
     return _cat([piece, fill]) if have else fill
 
@@ -149,6 +152,10 @@ def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None
     rest = _cat(buf) if buf else None  # fewer than batch_size clips
     pool, fill, made = rest if rest is not None else recent, 0, 0
     if quota is not None and emitted + pending < quota:
+        if pool is None and stats.skipped and all("no caption" in r for _, r in stats.skipped_keys):
+            raise RuntimeError(f"no sample on this rank has a caption ({stats.skipped} skipped): a "
+                               "contrastive run needs 'caption' or 'captions' in KEY.json; preprocess a "
+                               "list with a caption column")
         if pool is None:
             raise RuntimeError("no clip could be decoded on this rank: every sample failed "
                                f"({stats.skipped} skipped, {stats.missing} missing, first: "

@@ -13,6 +13,7 @@ shard that is never opened.
 from __future__ import annotations
 
 import io
+import json
 import statistics
 import tarfile
 from collections import Counter
@@ -37,6 +38,7 @@ from .schema import (
     Rejected,
     SampleMeta,
     check_tar_member,
+    sample_captions,
 )
 from .sheet import save_sheet
 from .verify import is_url, open_manifest, open_shard
@@ -99,6 +101,13 @@ class Summary:
         """Samples skipped for their ``KEY.json``."""
         return self.skipped["bad metadata"]
 
+    captioned: int = 0
+    """Samples with at least one caption (``caption`` / ``captions``)."""
+    captions: int = 0
+    """Distinct captions summed over the samples."""
+    caption_examples: list[str] = field(default_factory=list)
+    """The first few distinct captions, to show."""
+
     def add(self, meta: SampleMeta) -> None:
         duration = meta.end_s - meta.start_s
         self.samples += 1
@@ -110,6 +119,19 @@ class Summary:
         self.resolutions[f"{meta.width}x{meta.height}"] += 1
         self.frame_rates[round(meta.fps, 2)] += 1
         self.durations.append(duration)
+        texts = meta_captions(meta)
+        self.captioned += bool(texts)
+        self.captions += len(texts)
+        new = [t for t in texts if t not in self.caption_examples]
+        self.caption_examples += new[: max(0, 3 - len(self.caption_examples))]
+
+
+def meta_captions(meta: SampleMeta) -> list[str]:
+    """A sample's distinct captions (malformed caption fields count as none)."""
+    try:
+        return sample_captions(meta.to_dict())
+    except ValueError:
+        return []
 
 
 def source_of(video: str) -> str:
@@ -182,6 +204,26 @@ def summarize(cfg: InspectConfig) -> tuple[Summary, list[tuple[SampleMeta, bytes
     return summary, chosen
 
 
+def sample_metadata(location: str) -> Iterator[tuple[str, dict]]:
+    """``(key, parsed KEY.json)`` of every sample of a shard set, in order, without reading videos
+    (``vidshard eval --retrieval`` takes the captions from here). A sample whose ``KEY.json`` is
+    missing, oversize, not a regular member or does not parse to an object gives an empty dict; an
+    unreadable shard raises ``OSError`` naming it."""
+    manifest, base = open_manifest(location)
+    for info in manifest.shards:
+        try:
+            for key, members, problem in _iter_samples(base, info.name, lambda i: False):
+                meta: object = {}
+                if problem is None and META_EXT in members:
+                    try:
+                        meta = json.loads(members[META_EXT])
+                    except ValueError:
+                        meta = {}
+                yield key, meta if isinstance(meta, dict) else {}
+        except (tarfile.TarError, EOFError) as e:
+            raise OSError(f"{info.name}: unreadable shard ({e}); run vidshard verify") from None
+
+
 def _meta(members: dict[str, bytes], summary: Summary) -> SampleMeta | None:
     """The sample's metadata, or ``None`` (counted in ``summary.skipped``) when it has none or bad."""
     if META_EXT not in members:
@@ -226,8 +268,13 @@ def write_sheet(chosen: list[tuple[SampleMeta, bytes]], path: Path, frames: int)
             rows.append([np.zeros((meta.height or 64, meta.width or 64, 3), np.uint8)])
             continue
         label = f"[{meta.label_name}] " if meta.label_name else ""
-        titles.append(f"{label}{meta.video} #{meta.chunk}  {meta.start_s:.1f}-{meta.end_s:.1f}s  "
-                      f"{meta.width}x{meta.height} {meta.fps:g}fps")
+        title = (f"{label}{meta.video} #{meta.chunk}  {meta.start_s:.1f}-{meta.end_s:.1f}s  "
+                 f"{meta.width}x{meta.height} {meta.fps:g}fps")
+        texts = meta_captions(meta)
+        if texts:  # the captions on a second line, shortened to fit
+            joined = " | ".join(texts)
+            title += "\n" + (joined if len(joined) <= 120 else joined[:117] + "...")
+        titles.append(title)
     return save_sheet(rows, path, row_titles=titles)
 
 
@@ -261,6 +308,10 @@ def summary_tables(s: Summary) -> list[Table]:
     if s.skipped:
         why = ", ".join(f"{reason}: {n}" for reason, n in s.skipped.most_common())
         rows.append(("skipped samples", f"{sum(s.skipped.values())} ({why}); run vidshard verify"))
+    if s.captioned:
+        examples = "; ".join(f"\"{c}\"" for c in s.caption_examples)
+        rows.append(("captions", f"{s.captioned} of {s.samples} samples captioned, {s.captions} captions "
+                                 f"(e.g. {examples})"))
     rows.append(("settings", ", ".join(f"{k}={v}" for k, v in m.settings.items())))
     for k, v in rows:
         overview.add_row(k, escape(v))  # names and settings come from the set: text, not markup

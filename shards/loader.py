@@ -131,6 +131,9 @@ class LoaderConfig:
     follow: bool = False
     """A growing set (``preprocess --watch``): re-read the manifest at the start of each epoch and take
     in the shards added since. Off: the set, and so the epoch length, is fixed when the loader opens."""
+    """Contrastive runs: a picklable ``f(captions, rng) -> {name: tensor}`` run in the workers on each
+    sample's captions (``train.text.CaptionTokens``: pick one, tokenise); its tensors join the batch
+    like ``label``. A sample without any caption is then skipped and counted."""
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:

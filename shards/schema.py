@@ -134,6 +134,8 @@ class SampleMeta:
     """Free text from the input list, when given."""
     starts_at_cut: bool | None = None
     """With ``--split-at-scenes``: whether the chunk starts at a shot cut (``None``: not detected)."""
+    captions: list[str] | None = None
+    """Every caption, when the input list gave several for this clip (a contrastive run samples one)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further fields a writer chose to add; kept on round trips."""
 
@@ -201,6 +203,22 @@ def _check_meta_field(d: dict[str, Any], name: str, kinds: tuple[type, ...]) -> 
         raise MemberError(f"metadata {name!r} is {v!r:.40}; it must be a non-negative finite number")
     if name == "video_id" and ("." in v or "/" in v or not v):
         raise MemberError(f"metadata video_id {v!r:.40} is empty or holds '.' or '/'")
+
+
+def sample_captions(meta: dict[str, Any]) -> list[str]:
+    """The distinct non-empty captions of a parsed ``KEY.json`` (``caption`` first, then ``captions``).
+
+    Untrusted input: a ``caption`` that is not a string or ``captions`` that is not a list of strings
+    raises ``ValueError`` naming the field.
+    """
+    caption, captions = meta.get("caption"), meta.get("captions")
+    if caption is not None and not isinstance(caption, str):
+        raise ValueError(f"KEY.json 'caption' must be a string, got {type(caption).__name__}")
+    if captions is not None and (not isinstance(captions, list) or
+                                 not all(isinstance(c, str) for c in captions)):
+        raise ValueError("KEY.json 'captions' must be a list of strings")
+    texts = [caption, *(captions or [])]
+    return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
 
 def sample_members(meta: SampleMeta, mp4: bytes) -> dict[str, Any]:

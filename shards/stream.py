@@ -31,6 +31,7 @@ from .decode import crop_resize, decode_views
 from .location import ShardSource
 from .reader import ShardReader
 from .sampling import plan_sample
+from .schema import sample_captions
 from .split import (
     Layout,
     Position,
@@ -255,13 +256,27 @@ def decode_sample(sample: dict[str, Any], cfg: LoaderConfig, rng: random.Random,
         if ext is None:
             raise ValueError(f"no video member (one of {VIDEO_EXTS})")
         label = read_label(sample, None if classes is None else len(classes))
+        extra = caption_fields(sample, cfg, rng)
         spec = cfg.clip_spec()
         clips = decode_views(sample[ext], lambda n, w, h: plan_sample(n, w, h, spec, rng), cfg.threads())
     except Exception as exn:  # any failure of one sample must not end the epoch
         report.skip(f"{key} in {sample.get('__url__', '?')}", f"{type(exn).__name__}: {exn}")
         return []
     report.decoded += 1
-    return [{"views": views, "label": label, "key": key} for views in clips]
+    return [{"views": views, "label": label, "key": key, **extra} for views in clips]
+
+
+def caption_fields(sample: dict[str, Any], cfg: LoaderConfig, rng: random.Random) -> dict[str, Any]:
+    """``cfg.text`` applied to the sample's captions (nothing without ``cfg.text``): a contrastive run
+    tokenises one caption per sample here, in the worker. A sample without a caption raises."""
+    if cfg.text is None:
+        return {}
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    captions = sample_captions(meta) if isinstance(meta, dict) else []
+    if not captions:
+        raise ValueError("no caption (a contrastive run needs 'caption' or 'captions' in KEY.json: "
+                         "preprocess a list with a caption column)")
+    return cfg.text(captions, rng)
 
 
 def collate(clips: list[dict[str, Any]], cfg: LoaderConfig, ring: SlotRing | None = None) -> dict[str, Any]:
@@ -283,5 +298,7 @@ def collate(clips: list[dict[str, Any]], cfg: LoaderConfig, ring: SlotRing | Non
         except Exception as exn:  # a clip that will not convert: reported, kept as an invalid blank
             log.warning("skipping clip of %s: %s", c["key"], exn)
             out[i], valid[i] = 0, False
+    extra = {k: torch.stack([c[k] for c in clips]) for k in (clips[0] if clips else ())
+             if k not in ("views", "label", "key")}  # e.g. a contrastive run's tokenised caption
     return batch | {"video": video, "label": torch.tensor([c["label"] for c in clips], dtype=torch.int64),
-                    "key": [c["key"] for c in clips], "valid": valid}
+                    "key": [c["key"] for c in clips], "valid": valid} | extra

@@ -96,11 +96,14 @@ _DROP_PREFIXES = ("decoder", "head", "mask_token")
 
 
 def encoder_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The encoder weights of a checkpoint (supervised or MAE) under ``VideoViT`` names:
-    ``encoder.`` prefix stripped, decoder / head / mask-token keys dropped."""
+    """The encoder weights of a checkpoint (supervised, MAE or clip) under ``VideoViT`` names:
+    ``encoder.`` prefix stripped, decoder / head / mask-token keys dropped, and where an ``encoder.``
+    exists everything beside it (a clip model's text tower and projections)."""
     out = {}
-    for k, v in ckpt["model"].items():
-        k = k.removeprefix("module.").removeprefix("_orig_mod.")
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
+    if any(k.startswith("encoder.") for k in state):
+        state = {k: v for k, v in state.items() if k.startswith("encoder.")}
+    for k, v in state.items():
         if any(k.startswith(p) for p in _DROP_PREFIXES):
             continue
         if k.startswith("encoder."):
@@ -113,7 +116,14 @@ def encoder_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def load_encoder(model: nn.Module, path: str | Path) -> list[str]:
     """Start ``model`` (a VideoViT) from the encoder in checkpoint ``path``; returns the keys left at
-    their fresh init (the new head, a class token the source lacked). Raises on any other mismatch."""
+    their fresh init (the new head, a class token the source lacked). Raises on any other mismatch.
+
+    ``path`` may also hold image-CLIP vision weights, inflated into a ``--vit-arch clip`` video tower."""
+    from .inflate import inflate_image_clip, read_image_clip
+
+    if (vision := read_image_clip(path)) is not None:
+        inflate_image_clip(model, vision, str(path))
+        return []
     state = encoder_state(load_checkpoint(path, skip=("optimizer", "rng")))
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]

@@ -12,7 +12,7 @@ from typing import Any
 
 import tomllib
 
-OBJECTIVES = ("supervised", "mae")
+OBJECTIVES = ("supervised", "mae", "clip")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,7 +26,8 @@ class TrainConfig:
     out: str = "runs/train"
     """Run folder: config.json, metrics.jsonl, TensorBoard events, checkpoints/."""
     objective: str = "supervised"
-    """``supervised`` (classification from the shard set's labels) or ``mae`` (masked pretraining)."""
+    """``supervised`` (classification from the shard set's labels), ``mae`` (masked pretraining) or ``clip``
+    (video-text contrastive, from the samples' captions)."""
     model: str = "vit-t"
     """Model preset: ``vit-t``, ``vit-s``, ``vit-b`` or ``vit-l``."""
     frames: int = 16
@@ -74,13 +75,26 @@ class TrainConfig:
     attn_impl: str = "auto"
     """Attention kernel: ``auto``, ``flash``, ``sdpa`` or ``reference``."""
     init_from: str | None = None
-    """Checkpoint whose encoder weights start the model (decoder and head dropped, new head)."""
+    """Checkpoint whose encoder weights start the model (decoder and head dropped, new head); for clip also
+    image-CLIP vision weights (a CLIPVisionModel state dict), inflated into the video tower (--vit-arch
+    clip)."""
     mask_ratio: float = 0.9
     """MAE: share of tubes masked."""
     decoder_dim: int = 192
     """MAE: decoder width."""
     decoder_depth: int = 4
     """MAE: decoder blocks."""
+    text_model: str = "tiny"
+    """clip: text tower, a preset (``tiny``, ``clip-b16``: fresh weights) or a folder / hub name of a
+    pretrained CLIP text model (e.g. ``openai/clip-vit-base-patch16``)."""
+    tokenizer: str | None = None
+    """clip: a tokenizer.json file, a folder with one, or a hub name (default: the text model's own; a
+    byte-level one for a preset)."""
+    embed_dim: int = 0
+    """clip: width of the shared video-text embedding (0: 256 for vit-t, 384 vit-s, 512 vit-b, 768 vit-l)."""
+    vit_arch: str = "vidshard"
+    """clip: video tower layout, ``vidshard`` or ``clip`` (CLIP's image tower: pre-norm, QuickGELU, class
+    token, learned positions), needed to start from image-CLIP weights with --init-from."""
     workers: int = 2
     """Data-loading worker processes per training process (0 = in the main process)."""
     cache_dir: str | None = None
@@ -153,7 +167,11 @@ class TrainConfig:
             raise ValueError(f"crop_scale {self.crop_scale} must satisfy 0 < min <= max <= 1")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if min(self.workers, self.eval_every, self.clip_grad, self.threads) < 0:
+        if self.vit_arch not in ("vidshard", "clip"):
+            raise ValueError(f"vit_arch must be 'vidshard' or 'clip', got {self.vit_arch!r}")
+        if self.vit_arch == "clip" and self.objective != "clip":
+            raise ValueError("--vit-arch clip is for --objective clip")
+        if min(self.workers, self.eval_every, self.clip_grad, self.threads, self.embed_dim) < 0:
             raise ValueError("workers, eval_every, clip_grad and threads may not be negative")
         cache_limit_bytes(self.cache_limit)  # validates it
 
@@ -201,8 +219,20 @@ class EvalConfig:
     """CPU threads for the model's math (0 = torch's default)."""
     progress: bool = True
     """Show the rich progress bar."""
+    retrieval: bool = False
+    """clip checkpoints: video-text retrieval over the set's clips and captions (R@K, median rank, mAP,
+    nDCG)."""
+    zero_shot: bool = False
+    """clip checkpoints: classify each clip by the text embeddings of its class names in the prompts."""
+    prompts: tuple[str, ...] = ("a video of {}.",)
+    """Zero-shot prompt templates ({} = the class name); several are averaged."""
+    relevance: str | None = None
+    """Retrieval: .npz file with keys, texts and a relevance matrix (default: identical captions)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if not self.prompts or any("{}" not in p for p in self.prompts):
+            raise ValueError(f"every --prompt needs a {{}} for the class name, got {list(self.prompts)}")
         if self.temporal_views < 1 or self.spatial_views < 1 or self.batch_size < 1:
             raise ValueError("views and batch_size must be at least 1")
         if self.workers < 0 or self.threads < 0:

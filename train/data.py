@@ -8,6 +8,8 @@ there converted and normalised with the ImageNet mean and std.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -34,34 +36,37 @@ def cache_metrics(loader: ClipLoader) -> dict[str, float]:
     return {f"cache_{k}": float(v) for k, v in loader.cache_stats.items()}
 
 
-def train_loader(cfg: TrainConfig, rank: int, world_size: int) -> ClipLoader:
-    """The training stream: random crops and flips, shuffled, ``len`` equal on every rank."""
+def train_loader(cfg: TrainConfig, rank: int, world_size: int, text: Any = None) -> ClipLoader:
+    """The training stream: random crops and flips, shuffled, ``len`` equal on every rank. ``text``: the
+    objective's caption hook (``LoaderConfig.text``), for objectives that read captions."""
     lc = LoaderConfig(source=cfg.data, frames=cfg.frames, stride=cfg.stride, size=cfg.size, train=True,
                       scale=tuple(cfg.crop_scale), flip=cfg.flip, batch_size=cfg.batch_size,
                       workers=cfg.workers, seed=cfg.seed,
                       clips_per_sample=cfg.clips_per_sample, cache_dir=cfg.cache_dir, timeout_s=cfg.timeout,
-                      cache_limit=cache_limit_bytes(cfg.cache_limit), follow=cfg.follow)
+                      cache_limit=cache_limit_bytes(cfg.cache_limit), follow=cfg.follow,
+                      text=text)
     return ClipLoader(lc, rank=rank, world_size=world_size)
 
 
 def eval_loader(source: str, *, frames: int, stride: int, size: int, batch_size: int, workers: int,
                 temporal_views: int = 1, spatial_views: int = 1, cache_dir: str | None = None,
-                timeout_s: float = LoaderConfig.timeout_s, cache_limit: str | None = None) -> ClipLoader:
+                timeout_s: float = LoaderConfig.timeout_s, cache_limit: str | None = None,
+                text: Any = None) -> ClipLoader:
     """A deterministic pass over ``source`` (centre/evenly spread crops), every sample once."""
     lc = LoaderConfig(source=source, frames=frames, stride=stride, size=size, train=False,
                       batch_size=batch_size, workers=workers, drop_last=False,
                       temporal_views=temporal_views, spatial_views=spatial_views, cache_dir=cache_dir,
-                      timeout_s=timeout_s, cache_limit=cache_limit_bytes(cache_limit))
+                      timeout_s=timeout_s, cache_limit=cache_limit_bytes(cache_limit), text=text)
     return ClipLoader(lc, rank=0, world_size=1)
 
 
-def val_loader_for(cfg: TrainConfig) -> ClipLoader | None:
+def val_loader_for(cfg: TrainConfig, text: Any = None) -> ClipLoader | None:
     """Single-view validation during training (rank 0), or None without ``val_data``."""
     if cfg.val_data is None:
         return None
     return eval_loader(cfg.val_data, frames=cfg.frames, stride=cfg.stride, size=cfg.size,
                        batch_size=cfg.batch_size, workers=cfg.workers, cache_dir=cfg.cache_dir,
-                       timeout_s=cfg.timeout, cache_limit=cfg.cache_limit)
+                       timeout_s=cfg.timeout, cache_limit=cfg.cache_limit, text=text)
 
 
 def eval_loader_for(cfg: EvalConfig, train_cfg: TrainConfig) -> ClipLoader:

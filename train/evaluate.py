@@ -16,6 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
+from ..shards.loader import ClipLoader
 from ..shards.schema import atomic_write
 from .checkpoint import load_checkpoint
 from .config import EvalConfig, TrainConfig
@@ -75,7 +76,10 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Mo
 
     ckpt = load_checkpoint(path, skip=("optimizer", "rng"))  # on the CPU, without what eval does not use
     cfg = TrainConfig.from_dict(ckpt["config"])
-    model = get_objective(ckpt["objective"]).build_model(cfg, ckpt["num_classes"])
+    objective = get_objective(ckpt["objective"])
+    if hasattr(objective, "restore"):  # objectives whose model needs more than the config (clip: text spec)
+        objective.restore(ckpt["model"])
+    model = objective.build_model(cfg, ckpt["num_classes"])
     model.load_state_dict(ckpt.pop("model"))
     return model.to(device), cfg, ckpt
 
@@ -96,15 +100,45 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     model, train_cfg, ckpt = model_from_checkpoint(cfg.checkpoint, device)
-    if ckpt["objective"] != "supervised" or not ckpt.get("classes"):
+    zero_shot = cfg.retrieval or cfg.zero_shot
+    if zero_shot and not hasattr(model, "encode_text"):
+        raise ValueError(f"{cfg.checkpoint}: --retrieval and --zero-shot need a checkpoint of "
+                         "`vidshard train --objective clip`")
+    if not zero_shot and (ckpt["objective"] != "supervised" or not ckpt.get("classes")):
         raise ValueError(f"{cfg.checkpoint}: a {ckpt['objective']} checkpoint has no classifier; "
-                         "fine-tune it first (vidshard train --init-from ...)")
+                         "fine-tune it first (vidshard train --init-from ...), or for a clip checkpoint "
+                         "use --retrieval / --zero-shot")
     loader = eval_loader_for(cfg, train_cfg)
+    if zero_shot:
+        return _write(cfg, ckpt, _evaluate_zero_shot(cfg, model, loader, device), loader)
     if loader.classes and list(loader.classes) != list(ckpt["classes"]):
         raise ValueError(f"{cfg.data}: its classes {list(loader.classes)[:5]}... differ from the "
                          f"checkpoint's {ckpt['classes'][:5]}...; use a shard set with the same labels")
     with Progress(disable=not cfg.progress) as progress:
         result = evaluate_model(model, loader, device, ckpt["classes"], progress)
+    return _write(cfg, ckpt, result, loader)
+
+
+def _evaluate_zero_shot(cfg: EvalConfig, model: nn.Module, loader: ClipLoader, device: torch.device
+                        ) -> dict[str, Any]:
+    """``--retrieval`` / ``--zero-shot`` of a clip checkpoint (see ``train/clip_eval.py``)."""
+    from .clip_eval import embed_clips, retrieval, zero_shot
+
+    if cfg.zero_shot and not loader.classes:
+        raise ValueError(f"{cfg.data}: --zero-shot needs a labeled shard set (class names in the manifest)")
+    model.eval()
+    with Progress(disable=not cfg.progress) as progress:
+        keys, labels, embs = embed_clips(model, loader, device, progress)
+    result: dict[str, Any] = {}
+    if cfg.retrieval:
+        result["retrieval"] = retrieval(model, cfg.data, keys, embs, device, cfg.relevance)
+    if cfg.zero_shot:
+        result["zero_shot"] = zero_shot(model, labels, embs, list(loader.classes), cfg.prompts, device)
+    return result
+
+
+def _write(cfg: EvalConfig, ckpt: dict, result: dict[str, Any], loader: ClipLoader) -> dict[str, Any]:
+    """Add what was evaluated, write the JSON (default ``RUN/eval.json``), return the result."""
     result = {"checkpoint": str(cfg.checkpoint), "data": cfg.data, "step": ckpt["step"],
               "views": {"temporal": cfg.temporal_views, "spatial": cfg.spatial_views}, **result}
     if loader.cache_stats:
@@ -113,6 +147,16 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
     result["out"] = str(out)
     return result
+
+
+def print_result(result: dict[str, Any], console: Console | None = None) -> None:
+    """The tables of any eval result: accuracy (supervised) or retrieval / zero-shot (clip)."""
+    if "retrieval" in result or "zero_shot" in result:
+        from .clip_eval import print_clip_result
+
+        print_clip_result(result, console)
+    else:
+        print_table(result, console)
 
 
 def print_table(result: dict[str, Any], console: Console | None = None) -> None:

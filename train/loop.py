@@ -105,9 +105,9 @@ class _Run:
 def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
     seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
     run_dir = Path(cfg.out)
-    loader = train_loader(cfg, info.rank, info.world_size)
-    classes = list(loader.classes) if loader.classes else None
     objective = get_objective(cfg.objective)
+    loader = train_loader(cfg, info.rank, info.world_size, text=caption_hook(objective, cfg, train=True))
+    classes = list(loader.classes) if loader.classes else None
     model = objective.build_model(cfg, len(classes) if classes and objective.needs_labels else 0)
     if cfg.init_from:
         load_encoder(getattr(model, "encoder", model), cfg.init_from)
@@ -128,6 +128,12 @@ def _setup(cfg: TrainConfig, info: DistInfo) -> _Run:
     if info.is_main:
         atomic_write(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
     return run
+
+
+def caption_hook(objective: Objective, cfg: TrainConfig, train: bool) -> Any:
+    """The loader hook of an objective that reads captions (``caption_hook``; clip), else None."""
+    hook = getattr(objective, "caption_hook", None)
+    return hook(cfg, train) if hook is not None else None
 
 
 def _resume(run: _Run) -> None:
@@ -246,7 +252,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def _train(cfg: TrainConfig, info: DistInfo) -> TrainResult:
     run = _setup(cfg, info)
-    val_loader = val_loader_for(cfg) if info.is_main else None
+    val_loader = val_loader_for(cfg, caption_hook(run.objective, cfg, train=False)) if info.is_main else None
     log = RunLog(run.run_dir, enabled=info.is_main, resumed_at=run.step if run.step else None)
     meter, summary, val = Meter(), {"loss": float("nan")}, None
     ckpt = latest_checkpoint(run.run_dir) if info.is_main else None  # a finished run resumed: its last

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .clip import ClipObjective
 from .config import TrainConfig
 from .mae import MAEObjective
 from .model import VideoViT, ViTConfig
@@ -86,11 +87,12 @@ class Supervised:
 OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "supervised": Supervised,
     "mae": MAEObjective,
+    "clip": ClipObjective,
 }
 
 
 def get_objective(name: str) -> Objective:
-    """A fresh objective object by name (``supervised``, ``mae``)."""
+    """A fresh objective object by name (``supervised``, ``mae``, ``clip``)."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
     return OBJECTIVES[name]()

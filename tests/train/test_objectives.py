@@ -18,7 +18,8 @@ def _batch(valid: list[bool], seed: int = 0) -> dict[str, torch.Tensor]:
     B = len(valid)
     return {"video": torch.randint(0, 256, (B, 3, 4, 32, 32), dtype=torch.uint8, generator=g),
             "label": torch.tensor([i % 3 for i in range(B)]), "valid": torch.tensor(valid),
-            "key": [f"k{i}" for i in range(B)]}
+            "key": [f"k{i}" for i in range(B)],
+            "text": torch.randint(0, 250, (B, 8), generator=g)}  # token ids (clip; the others ignore them)
 
 
 def _model(name: str) -> tuple[object, torch.nn.Module]:
@@ -45,7 +46,8 @@ def test_padding_clips_change_neither_loss_nor_metrics_nor_gradients(name: str) 
     model.eval()  # no drop path; the MAE mask comes from the seeded generator below
     a, b = _batch([True, True, False], seed=1), _batch([True, True, False], seed=2)
     b["video"][:2], b["label"] = a["video"][:2], torch.tensor([0, 1, 0])  # the padding clip differs
-    trimmed = {"video": a["video"][:2], "label": a["label"][:2], "valid": a["valid"][:2]}
+    b["text"][:2] = a["text"][:2]
+    trimmed = {k: a[k][:2] for k in ("video", "label", "valid", "text")}
     results = []
     for raw in (a, b, trimmed):
         torch.manual_seed(7)  # same MAE mask for the two valid clips (masks are drawn per clip in order)
