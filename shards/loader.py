@@ -131,6 +131,7 @@ class LoaderConfig:
     follow: bool = False
     """A growing set (``preprocess --watch``): re-read the manifest at the start of each epoch and take
     in the shards added since. Off: the set, and so the epoch length, is fixed when the loader opens."""
+    text: Any = None
     """Contrastive runs: a picklable ``f(captions, rng) -> {name: tensor}`` run in the workers on each
     sample's captions (``train.text.CaptionTokens``: pick one, tokenise); its tensors join the batch
     like ``label``. A sample without any caption is then skipped and counted."""
@@ -441,6 +442,10 @@ class ClipLoader:
             finished = True
             if batches and not self.stats.valid:
                 st = self.stats
+                if st.skipped and all("no caption" in why for _, why in st.skipped_keys):
+                    raise RuntimeError(f"no sample on rank {self.rank} has a caption ({st.skipped} "
+                                       "skipped): a contrastive run needs 'caption' or 'captions' in "
+                                       "KEY.json; preprocess a list with a caption column")
                 raise RuntimeError(f"no clip could be decoded on rank {self.rank} in this epoch: every "
                                    f"sample failed ({st.skipped} skipped, {st.missing} missing, "
                                    f"first: {(st.skipped_keys + st.shortfalls)[:3]})")
