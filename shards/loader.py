@@ -54,7 +54,7 @@ from .batches import SLOTS, LoaderStats, copy_out, pad_to, rebatch
 from .decode import INTERPOLATIONS
 from .location import ShardSource, resolve
 from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec
-from .schema import ManifestError
+from .schema import MIN_SAMPLE_BYTES, ManifestError
 from .split import (
     Layout,
     batch_sizes,
@@ -71,7 +71,6 @@ from .stream import read_label as read_label  # re-exported: the label rule belo
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-MIN_SAMPLE_BYTES = 512  # one tar header: no sample is smaller (the bound schema.check_shard_entry uses)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -233,6 +233,9 @@ def sample_members(meta: SampleMeta, mp4: bytes) -> dict[str, Any]:
     return sample
 
 
+MIN_SAMPLE_BYTES = 512  # one tar header: no sample is smaller, so a shard holds at most bytes // 512
+
+
 @dataclass(frozen=True, kw_only=True)
 class ShardInfo:
     """One entry of the manifest's ``shards`` list."""
@@ -321,7 +324,7 @@ def check_shard_entry(entry: object) -> ShardInfo:
         raise ManifestError(f"a shard entry has exactly the fields {sorted(fields)}, not {sorted(entry)}")
     info = ShardInfo(name=check_shard_name(entry["name"]), samples=check_count(entry["samples"], "samples"),
                      bytes=check_count(entry["bytes"], "bytes"), sha256=check_sha256(entry["sha256"]))
-    if info.samples > info.bytes // 512:
+    if info.samples > info.bytes // MIN_SAMPLE_BYTES:
         raise ManifestError(f"{info.samples} samples cannot fit in {info.bytes} bytes")
     return info
 
