@@ -50,7 +50,7 @@ def test_moving_square_tubelets_have_targets(tmp_path: Path, one_thread: None) -
 
 @pytest.mark.slow
 def test_mae_benchmark_both_criteria(one_thread: None) -> None:
-    """The full benchmark (about 80 s): reconstruction well below the mean, and fine-tuning from the
+    """The full benchmark, seed 0 (about 95 s): reconstruction well below the mean, and fine-tuning from the
     MAE encoder reaches the target accuracy in fewer steps than from scratch (same run, same data)."""
     from vidshard.benchmarks.mae import run_mae_bench
 
