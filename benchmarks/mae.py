@@ -4,7 +4,8 @@
    predicting the mean (for per-tubelet normalised targets: predicting zeros, about 1.0),
    on held-out clips of ``testsrc2`` and ``mandelbrot`` videos at the default mask ratio.
 2. Fine-tuning: on a small labeled set of moving-square clips (the class is the direction
-   of motion), a classifier started from the MAE encoder (pretrained on unlabeled clips of
+   of motion; the square is checkered, because VideoMAE's per-tubelet targets are all zeros
+   on a flat tubelet), a classifier started from the MAE encoder (pretrained on unlabeled clips of
    the same kind, ``--init-from`` style: decoder dropped, new head, layer-wise lr decay,
    drop-path) reaches a target accuracy on held-out clips in fewer steps than the same
    classifier from scratch.
@@ -55,7 +56,7 @@ class MAEBenchConfig:
     """Mask ratio for the reconstruction criterion (the default of ``--mask-ratio``)."""
     pretrain_steps: int = 400
     """MAE steps on unlabeled moving-square clips before fine-tuning."""
-    motion_mask_ratio: float = 0.5
+    motion_mask_ratio: float = 0.6
     """Mask ratio for the motion pretraining (a 4x4 grid leaves too little visible at 0.9)."""
     finetune_steps: int = 150
     """Fine-tuning steps, from the MAE encoder and from scratch alike."""
@@ -63,6 +64,14 @@ class MAEBenchConfig:
     """Held-out accuracy is measured every this many fine-tuning steps."""
     target_acc: float = 0.6
     """Accuracy (4 classes, chance 0.25) whose first crossing is compared."""
+    box: int = 32
+    """Side of the moving square in video pixels (the frame is ``2 * size``; clips are pooled 2x)."""
+    speed: float = 48.0
+    """Speed of the square in video pixels per second (it wraps around the frame)."""
+    checker: int = 6
+    """Checker cells painted on the moving square, in video pixels (3 clip pixels, so the pattern's
+    period is not the patch's; 0: a flat square, whose tubelets have all-zero VideoMAE targets except
+    on its edges, which leaves the motion pretraining little to learn)."""
     labeled_starts: int = 2
     """Labeled videos per direction (few labels, as in a lab)."""
     unlabeled_starts: int = 4
@@ -70,7 +79,9 @@ class MAEBenchConfig:
     batch_size: int = 16
     """Clips per step."""
     lr: float = 1e-3
-    """Peak learning rate (AdamW) for pretraining and fine-tuning."""
+    """Learning rate (AdamW, constant) for pretraining."""
+    finetune_lr: float = 2e-3
+    """Learning rate (AdamW, constant) for fine-tuning, from the MAE encoder and from scratch alike."""
     layer_decay: float = 0.75
     """Layer-wise lr decay when fine-tuning from the MAE encoder."""
     drop_path: float = 0.1
@@ -118,14 +129,14 @@ def pattern_clips(root: Path, patterns: tuple[str, ...], cfg: MAEBenchConfig) ->
 
 def motion_clips(root: Path, starts: int, seed: int, cfg: MAEBenchConfig, step: int = 4
                  ) -> tuple[Tensor, Tensor]:
-    """Clips of a white square moving right/left/down/up from random starts: (clips uint8, labels)."""
+    """Clips of a checkered square moving right/left/down/up from random starts: (clips uint8, labels)."""
     rng = np.random.default_rng(seed)
-    side, box, clips, labels = 2 * cfg.size, cfg.size, [], []
+    side, box, clips, labels = 2 * cfg.size, cfg.box, [], []
     for label, (dx, dy) in enumerate(DIRECTIONS):
         for i in range(starts):
             start = (float(rng.integers(0, side - box)), float(rng.integers(0, side - box)))
             spec = Synth(pattern="moving", seconds=2.0, width=side, height=side, box=box, start=start,
-                         velocity=(48.0 * dx, 48.0 * dy))
+                         velocity=(cfg.speed * dx, cfg.speed * dy), checker=cfg.checker)
             c = decode_clips(synth_video(root / f"m{seed}_{label}_{i}.mp4", spec), cfg.frames, cfg.size, step)
             clips.append(c)
             labels.append(torch.full((len(c),), label))
@@ -180,7 +191,7 @@ def finetune_curve(init: dict[str, Tensor] | None, data: tuple[Tensor, Tensor], 
     model = VideoViT(cfg.vit(num_classes=len(DIRECTIONS), drop_path=cfg.drop_path))
     if init is not None:
         model.load_state_dict(init, strict=False)  # the new head stays at its init
-    opt = build_optimizer(model, lr=cfg.lr, weight_decay=0.05, device=torch.device("cpu"),
+    opt = build_optimizer(model, lr=cfg.finetune_lr, weight_decay=0.05, device=torch.device("cpu"),
                           layer_decay=cfg.layer_decay if init is not None else 1.0)
     gen, cpu, curve = torch.Generator().manual_seed(cfg.seed + 2), torch.device("cpu"), []
     (x, y), (xt, yt) = data, test

@@ -117,6 +117,9 @@ class Synth:
     """``moving``: pixels per second (x, y)."""
     start: tuple[float, float] = (0.0, 0.0)
     """``moving``: top-left corner of the square at t=0."""
+    checker: int = 0
+    """``moving``: side in pixels of grey/white checker cells painted on the square, which move with it
+    (0: a flat square)."""
     box: int = 32
     """``moving``: side of the square in pixels."""
     box_height: int = 0
@@ -142,6 +145,9 @@ def _source(s: Synth) -> ffmpeg.nodes.FilterableStream:
         bh = s.box_height or s.box
         sq = ffmpeg.input(f"color=c={s.color}:size={s.box}x{bh}:rate={s.fps}", f="lavfi", t=s.seconds)
         (x0, y0), (vx, vy) = s.start, s.velocity
+        if s.checker:  # a texture inside the square: tubelets on it vary within themselves
+            cells = f"mod(floor(X/{s.checker})+floor(Y/{s.checker}),2)"
+            sq = sq.filter("format", "yuv420p").filter("geq", lum=f"112+143*{cells}", cb="128", cr="128")
         # Wrap around the frame so the square never leaves the picture.
         x = f"mod({x0}+{vx}*t+{s.width * 4},{s.width - s.box})"
         y = f"mod({y0}+{vy}*t+{s.height * 4},{s.height - bh})"
