@@ -112,15 +112,17 @@ def test_clip_learns_words_it_never_saw_together(captioned: tuple[Path, Path, Pa
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 11's evidence criterion is not met yet: held-out R@1 is 2x "
+                   "chance and zero-shot direction near chance on the final code (docs/clip.md)")
 def test_clip_learns_words_it_never_saw_together_long(captioned: tuple[Path, Path, Path],
                                                       tmp_path: Path) -> None:
     """200 steps: 3.2 min (106 CPU-seconds) on the shared 2-core machine it was measured on."""
     result = run_evidence(captioned, tmp_path / "run", steps=200)
     r, z = result["retrieval"], result["zero_shot"]
     # Chance: R@1 1/4 both ways (text->video: 3 relevant clips of 12; video->text: 1 of 4 captions).
-    assert r["text_to_video"]["R@1"] >= 0.7, r  # measured 0.75
+    assert r["text_to_video"]["R@1"] >= 0.7, r  # measured 0.5 on seeds 0-2 (docs/clip.md)
     assert r["video_to_text"]["R@1"] >= 0.5, r  # measured 0.5
-    assert z["top1"] >= 0.5 and z["chance"] == 0.25, z  # direction, never seen in these combinations: 0.5
+    assert z["top1"] >= 0.5 and z["chance"] == 0.25, z  # direction, never seen in these combinations: 0-0.42
 
 
 def test_demo_caption_list_describes_its_sample_videos(tmp_path: Path) -> None:
