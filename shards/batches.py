@@ -123,6 +123,18 @@ def pad_to(piece: dict[str, Any], target: int, recent: dict[str, Any] | None,
     return _cat([piece, fill]) if have else fill
 
 
+def nothing_decoded(stats: LoaderStats, where: str) -> RuntimeError:
+    """The error for a rank that got no clip at all (``where``: e.g. "on rank 0 in this epoch"); when every
+    skip was a missing caption (a contrastive run on an uncaptioned set), it says that instead."""
+    if stats.skipped and all("no caption" in why for _, why in stats.skipped_keys):
+        return RuntimeError(f"no sample {where} has a caption ({stats.skipped} skipped): a contrastive run "
+                            "needs 'caption' or 'captions' in KEY.json; preprocess a list with a caption "
+                            "column")
+    first = (stats.skipped_keys + stats.shortfalls)[:3]
+    return RuntimeError(f"no clip could be decoded {where}: every sample failed ({stats.skipped} skipped, "
+                        f"{stats.missing} missing, first: {first})")
+
+
 def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None, drop_last: bool,
             stats: LoaderStats) -> Iterator[dict[str, Any]]:
     """Merge the workers' batches into batches of ``batch_size`` holding exactly ``quota`` clips.
@@ -152,14 +164,8 @@ def rebatch(pieces: Iterator[dict[str, Any]], batch_size: int, quota: int | None
     rest = _cat(buf) if buf else None  # fewer than batch_size clips
     pool, fill, made = rest if rest is not None else recent, 0, 0
     if quota is not None and emitted + pending < quota:
-        if pool is None and stats.skipped and all("no caption" in r for _, r in stats.skipped_keys):
-            raise RuntimeError(f"no sample on this rank has a caption ({stats.skipped} skipped): a "
-                               "contrastive run needs 'caption' or 'captions' in KEY.json; preprocess a "
-                               "list with a caption column")
         if pool is None:
-            raise RuntimeError("no clip could be decoded on this rank: every sample failed "
-                               f"({stats.skipped} skipped, {stats.missing} missing, first: "
-                               f"{(stats.skipped_keys + stats.shortfalls)[:3]})")
+            raise nothing_decoded(stats, "on this rank")
         fill = quota - emitted - pending
         stats.padded += fill
     while pending + fill >= batch_size or (pending + fill > 0 and not drop_last):

@@ -50,7 +50,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import cache
-from .batches import SLOTS, LoaderStats, copy_out, pad_to, rebatch
+from .batches import SLOTS, LoaderStats, copy_out, nothing_decoded, pad_to, rebatch
 from .decode import INTERPOLATIONS
 from .location import ShardSource, resolve
 from .sampling import SAMPLINGS, SHORT_MODES, ClipSpec
@@ -440,14 +440,7 @@ class ClipLoader:
                 yield batch
             finished = True
             if batches and not self.stats.valid:
-                st = self.stats
-                if st.skipped and all("no caption" in why for _, why in st.skipped_keys):
-                    raise RuntimeError(f"no sample on rank {self.rank} has a caption ({st.skipped} "
-                                       "skipped): a contrastive run needs 'caption' or 'captions' in "
-                                       "KEY.json; preprocess a list with a caption column")
-                raise RuntimeError(f"no clip could be decoded on rank {self.rank} in this epoch: every "
-                                   f"sample failed ({st.skipped} skipped, {st.missing} missing, "
-                                   f"first: {(st.skipped_keys + st.shortfalls)[:3]})")
+                raise nothing_decoded(self.stats, f"on rank {self.rank} in this epoch")
         finally:
             if finished:
                 self._done = True

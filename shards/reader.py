@@ -14,16 +14,12 @@ regular file, or a shard with fewer samples than the manifest lists make the aff
 
 from __future__ import annotations
 
-import re
 import tarfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from .split import Position, Span
-from .tarsamples import member_problem
-
-_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key / extension split
-_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own entries, never sample members
+from .tarsamples import add_member, member_key
 
 
 class _Cursor:
@@ -44,12 +40,12 @@ class _Cursor:
             if member is None:
                 self.done = True
                 break
-            m = _NAME.match(member.name)
-            if m is None or member.isdir() or _META.match(member.name):
+            if (named := member_key(member)) is None:
                 continue
-            if m[1] != self.key:
-                self.key, self.index = m[1], self.index + 1
-            self.peeked = (member, m[1], m[2].lower(), self.index)
+            key, ext = named
+            if key != self.key:
+                self.key, self.index = key, self.index + 1
+            self.peeked = (member, key, ext, self.index)
         return self.peeked
 
     def take(self, index: int) -> dict[str, Any] | str:
@@ -62,14 +58,7 @@ class _Cursor:
             if i < index:
                 continue  # another reader's (or an already consumed) sample: header only
             sample = sample or {"__key__": key, "__url__": self.url}
-            problem = member_problem(member)  # over its size cap, or a link or device: not read
-            if problem is None and ext in sample:
-                problem = f"{member.name}: a second .{ext} member in one sample"
-            if problem is not None:
-                sample.setdefault("__error__", problem)
-            else:
-                sample[ext] = self.tar.extractfile(member).read()
-            self.tar.members = []  # as webdataset: keep no list of every header of a long shard
+            add_member(sample, self.tar, member, ext)  # over its size cap, or a link or device: not read
         if sample is None:
             return f"the shard ends after {self.index + 1} samples"
         return sample

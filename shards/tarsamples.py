@@ -32,6 +32,28 @@ def member_problem(info: tarfile.TarInfo) -> str | None:
     return None
 
 
+def member_key(info: tarfile.TarInfo) -> tuple[str, str] | None:
+    """``(KEY, ext)`` of a sample member (webdataset's split at the first dot of the base name, the
+    extension lower-cased), or ``None`` for entries that are no sample member (folders, ``__...__``)."""
+    key, ext = base_plus_ext(info.name)
+    if key is None or info.isdir() or _META.match(info.name):
+        return None
+    return key, ext.lower()
+
+
+def add_member(sample: dict[str, Any], tar: tarfile.TarFile, info: tarfile.TarInfo, ext: str) -> None:
+    """Read member ``info`` into ``sample[ext]``, or, when it must not be read (see :func:`member_problem`)
+    or repeats an extension, mark the sample corrupt with ``"__error__"`` without reading it."""
+    problem = member_problem(info)
+    if problem is None and ext in sample:
+        problem = f"{info.name}: a second .{ext} member in one sample"
+    if problem is not None:
+        sample.setdefault("__error__", problem)
+    else:
+        sample[ext] = tar.extractfile(info).read()
+    tar.members = []  # as webdataset: keep no list of every header of a long shard
+
+
 def tar_samples(stream: BinaryIO, url: str) -> Iterator[dict[str, Any]]:
     """Samples of one shard in stored order: ``{"__key__", "__url__", EXT: bytes, ...}``.
 
@@ -42,21 +64,13 @@ def tar_samples(stream: BinaryIO, url: str) -> Iterator[dict[str, Any]]:
     sample: dict[str, Any] | None = None
     with tarfile.open(fileobj=stream, mode="r|*") as tar:  # closes the tar reader, not ``stream``
         for info in tar:
-            key, ext = base_plus_ext(info.name)
-            if key is None or info.isdir() or _META.match(info.name):
+            if (named := member_key(info)) is None:
                 continue
+            key, ext = named
             if sample is not None and sample["__key__"] != key:
                 yield sample
                 sample = None
             sample = sample or {"__key__": key, "__url__": url}
-            ext = ext.lower()
-            problem = member_problem(info)
-            if problem is None and ext in sample:
-                problem = f"{info.name}: a second .{ext} member in one sample"
-            if problem is not None:
-                sample.setdefault("__error__", problem)
-            else:
-                sample[ext] = tar.extractfile(info).read()
-            tar.members = []  # as webdataset: keep no list of every header of a long shard
+            add_member(sample, tar, info, ext)
     if sample is not None:
         yield sample
