@@ -1,5 +1,8 @@
 """Encode one input (a worker's job): probe, plan, one ffmpeg run for all chunks, verify.
 
+With ``--split-at-scenes`` the chunks follow shot cuts found while transcoding (``onepass.py``:
+one decoder, one encoder per chunk); the source is still decoded once.
+
 The worker writes into the staging folder only: chunks go to
 ``STAGING/<video_id>.<pid>.tmp/`` and, once every chunk is verified and
 ``meta.json`` is written, the folder is renamed to ``STAGING/<video_id>/`` in
@@ -24,9 +27,10 @@ from .config import PreprocessConfig
 from .ffmpeg import FFmpegError, TranscodeSpec, transcode
 from .from_shards import SampleProblem, extracted_source
 from .inputs import InputItem
-from .plan import chunk_bounds, kept_cuts, scene_bounds, split_points
+from .onepass import transcode_at_scenes
+from .plan import chunk_bounds, frame_rate, output_size, split_points
 from .probe import ProbeError, ProbeInfo, open_local, probe
-from .scenes import SceneError, detect_cuts
+from .scenes import SceneRule
 from .space import OUTPUT_ERRNOS, output_trouble
 
 META = "meta.json"
@@ -146,11 +150,9 @@ def _encode_into(job: EncodeJob, cfg: PreprocessConfig, tmp: Path) -> dict[str, 
     item = job.item
     info = probe(item.path)
     start, duration = segment_of(item, info)
-    bounds, cuts = plan_chunks(cfg, item, start, duration)
-    spec = transcode_spec(cfg, item, start, duration, bounds)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        files, errors = transcode(item.path, tmp, spec, timeout=120 + 20 * duration)
+        files, errors, cuts = _transcode(cfg, item, info, start, duration, tmp)
     except FFmpegError as e:
         if e.stopped:
             raise Stopped("ffmpeg was stopped by a signal") from None
@@ -192,22 +194,21 @@ def _chunk_facts(path: Path, short_side: int) -> dict[str, Any]:
             "width": w, "height": h, "bytes": path.stat().st_size}
 
 
-def plan_chunks(cfg: PreprocessConfig, item: InputItem, start: float,
-                duration: float) -> tuple[list[tuple[float, float]], list[float] | None]:
-    """Chunk bounds of one input, and with ``--split-at-scenes`` the shot cuts they snap to."""
+def _transcode(cfg: PreprocessConfig, item: InputItem, info: ProbeInfo, start: float, duration: float,
+               tmp: Path) -> tuple[list[Path], str, list[float] | None]:
+    """Encode one input into ``tmp``: the chunk files in order, the decoder's error output, and with
+    ``--split-at-scenes`` the shot cuts (seconds from ``start``) the chunks were cut at."""
+    timeout = 120 + 20 * duration
     if not cfg.split_at_scenes:
-        return chunk_bounds(duration, cfg.chunk_seconds, cfg.min_chunk_seconds), None
-    segment = item.start_s is not None or item.end_s is not None
-    try:
-        cuts = detect_cuts(item.path, threshold=cfg.scene_threshold, fps=cfg.fps,
-                           start_s=start if segment else None, duration_s=duration if segment else None,
-                           threads=max(1, (os.cpu_count() or 1) // cfg.num_workers),
-                           timeout=60 + 10 * duration)
-    except SceneError as e:
-        raise EncodeFailure(str(e)) from None
-    cuts = kept_cuts(duration, cuts, cfg.min_shot_seconds)
-    bounds = scene_bounds(duration, cuts, cfg.chunk_seconds, cfg.min_chunk_seconds)
-    return [(a, b) for a, b, _ in bounds], cuts
+        bounds = chunk_bounds(duration, cfg.chunk_seconds, cfg.min_chunk_seconds)
+        files, errors = transcode(item.path, tmp, transcode_spec(cfg, item, start, duration, bounds),
+                                  timeout=timeout)
+        return files, errors, None
+    size = output_size(info.width, info.height, info.sar, info.rotation, cfg.short_side)
+    rule = SceneRule(threshold=cfg.scene_threshold, chunk_s=cfg.chunk_seconds,
+                     min_chunk_s=cfg.min_chunk_seconds, min_shot_s=cfg.min_shot_seconds)
+    return transcode_at_scenes(item.path, tmp, transcode_spec(cfg, item, start, duration, []), size=size,
+                               rate=frame_rate(cfg.fps or info.fps), rule=rule, timeout=timeout)
 
 
 def _at_cut(t: float, cuts: list[float] | None, fps: float) -> bool | None:

@@ -6,14 +6,19 @@ or the one bundled with imageio-ffmpeg (so no system install is needed).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
+import threading
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import IO
 
 import ffmpeg
 
@@ -254,6 +259,30 @@ def scale_filter(short_side: int) -> str:
     return f"scale=w={w}:h={h}:flags=bilinear:out_range=tv,setsar=1"
 
 
+def _source_args(src: str | Path, spec: TranscodeSpec) -> list[str]:
+    """The input side of a decode: segment start and length, decoder threads, the file."""
+    args = ["-ss", f"{spec.start_s:.6f}"] if spec.start_s else []
+    if spec.threads:
+        args += ["-threads", str(spec.threads)]  # as an input option: the decoder's
+    args += ["-i", local_url(src)]
+    if spec.duration_s is not None:
+        args += ["-t", f"{spec.duration_s:.6f}"]
+    return args
+
+
+def _x264_args(spec: TranscodeSpec) -> list[str]:
+    """The video encoder's options, shared by the batch transcode and the one-pass chunk encoder."""
+    args = ["-c:v", "libx264", "-preset", spec.preset, "-crf", str(spec.crf), "-pix_fmt", "yuv420p",
+            "-g", str(spec.gop), "-keyint_min", str(spec.gop), "-sc_threshold", "0"]
+    if spec.tune:
+        args += ["-tune", spec.tune]
+    if spec.bframes is not None:
+        args += ["-bf", str(spec.bframes)]
+    if spec.threads:
+        args += ["-threads", str(spec.threads)]
+    return args
+
+
 def _times(ts: tuple[float, ...]) -> str:
     return ",".join(f"{t:.6f}" for t in ts)
 
@@ -265,25 +294,11 @@ def transcode_args(src: str | Path, out_dir: str | Path, spec: TranscodeSpec) ->
     one decode for all chunks, a forced keyframe at each chunk start so every chunk
     starts with one, timestamps reset per chunk.
     """
-    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
-    if spec.start_s:
-        args += ["-ss", f"{spec.start_s:.6f}"]
-    if spec.threads:
-        args += ["-threads", str(spec.threads)]  # as an input option: the decoder's
-    args += ["-i", local_url(src)]
-    if spec.duration_s is not None:
-        args += ["-t", f"{spec.duration_s:.6f}"]
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *_source_args(src, spec)]
     args += ["-map", "0:v:0"]
-    filters = ([f"fps={spec.fps:g}"] if spec.fps else []) + [scale_filter(spec.short_side), "format=yuv420p"]
-    args += ["-vf", ",".join(filters)]
-    args += ["-c:v", "libx264", "-preset", spec.preset, "-crf", str(spec.crf), "-pix_fmt", "yuv420p",
-             "-g", str(spec.gop), "-keyint_min", str(spec.gop), "-sc_threshold", "0"]
-    if spec.tune:
-        args += ["-tune", spec.tune]
-    if spec.bframes is not None:
-        args += ["-bf", str(spec.bframes)]
-    if spec.threads:
-        args += ["-threads", str(spec.threads)]
+    fps = [f"fps={spec.fps:g}"] if spec.fps else []
+    args += ["-vf", ",".join([*fps, scale_filter(spec.short_side), "format=yuv420p"])]
+    args += _x264_args(spec)
     if spec.split_s:
         args += ["-force_key_frames", _times(spec.split_s)]
     if spec.keep_audio:
@@ -312,7 +327,122 @@ def transcode(src: str | Path, out_dir: Path, spec: TranscodeSpec,
     return chunks, proc.stderr.decode("utf-8", "replace").strip()
 
 
-# --- Shot cuts (``--split-at-scenes``) ------------------------------------------------------
+# --- One decode pass with shot cuts (``--split-at-scenes``, see ``onepass.py``) ---------------
+
+
+def rate_text(rate: Fraction) -> str:
+    """A frame rate as ffmpeg reads it exactly: ``30000/1001``, ``25/1``."""
+    return f"{rate.numerator}/{rate.denominator}"
+
+
+def decode_args(src: str | Path, spec: TranscodeSpec, rate: Fraction) -> list[str]:
+    """The decoder of the one-pass transcode (pure): the transcode's input options and filter chain,
+    raw yuv420p frames to stdout on a constant grid of ``rate`` frames per second.
+
+    Frames are ``plan.output_size`` large, ``W*H*3/2`` bytes each (Y, then U and V at half size).
+    Without ``--fps`` the rate is the probed one: a variable-rate source is put on a constant grid,
+    as the raw frames carry no timestamps."""
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *_source_args(src, spec)]
+    args += ["-map", "0:v:0", "-an", "-sn", "-dn"]
+    args += ["-vf", ",".join([f"fps={rate_text(rate)}", scale_filter(spec.short_side), "format=yuv420p"])]
+    return args + ["-f", "rawvideo", "-pix_fmt", "yuv420p", "pipe:1"]
+
+
+def chunk_encode_args(dst: str | Path, spec: TranscodeSpec, size: tuple[int, int], rate: Fraction, *,
+                      audio_src: str | Path | None = None, audio_start_s: float = 0.0,
+                      audio_max_s: float = 0.0) -> list[str]:
+    """The encoder of one chunk of the one-pass transcode (pure): raw frames from stdin, the x264
+    settings of :func:`transcode_args`, an MP4 at ``dst``.
+
+    With ``audio_src`` the chunk's audio is read from the source (audio only: ``-vn``, no video
+    decode) from ``audio_start_s``, at most ``audio_max_s`` seconds, and cut where the video ends."""
+    w, h = size
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{w}x{h}", "-r", rate_text(rate), "-i", "pipe:0"]
+    if audio_src is not None:
+        args += ["-ss", f"{audio_start_s:.6f}", "-t", f"{audio_max_s:.6f}", "-vn", "-i", local_url(audio_src)]
+    args += ["-map", "0:v:0", *_x264_args(spec)]
+    if audio_src is not None:
+        args += ["-map", "1:a:0?", "-c:a", "aac", "-b:a", "128k", "-shortest"]
+    else:
+        args += ["-an"]
+    args += ["-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1", "-movflags", "+faststart"]
+    return args + ["-f", "mp4", local_url(dst)]
+
+
+class Processes:
+    """ffmpeg processes joined by pipes, run as one unit.
+
+    Leaving the ``with`` block kills and reaps every one still running, so no error path (a failed
+    encoder, a timeout, an exception in Python) leaves an ffmpeg behind; after ``timeout`` seconds
+    a timer kills them all. Error output goes to temporary files, so no pipe ever fills up.
+    """
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+        self.timed_out = False
+        self._procs: list[tuple[subprocess.Popen, IO[bytes]]] = []
+        self._timer = threading.Timer(timeout, self._expire) if timeout else None
+
+    def __enter__(self) -> Processes:
+        if self._timer:
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer:
+            self._timer.cancel()
+        for proc, err in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for f in (proc.stdin, proc.stdout, err):
+                if f is not None:
+                    with contextlib.suppress(OSError):
+                        f.close()
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        for proc, _ in list(self._procs):
+            if proc.poll() is None:
+                proc.kill()
+
+    def start(self, args: list[str], *, stdin: bool = False, stdout: bool = False) -> subprocess.Popen:
+        """Start ``args`` with a pipe to its stdin and/or from its stdout."""
+        err = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__, after the process ends)
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE if stdout else subprocess.DEVNULL, stderr=err)
+        self._procs.append((proc, err))
+        if self.timed_out:  # the timer fired while this one started
+            proc.kill()
+        return proc
+
+    def stderr(self, proc: subprocess.Popen) -> str:
+        """Everything ``proc`` wrote to its error output so far."""
+        err = next(e for p, e in self._procs if p is proc)
+        err.seek(0)
+        return err.read().decode("utf-8", "replace").strip()
+
+    def error(self, proc: subprocess.Popen) -> FFmpegError:
+        """Why ``proc`` failed (waits for it to end): the timeout, or its exit code and last lines."""
+        rc = proc.wait()
+        if self.timed_out:
+            return FFmpegError(f"ffmpeg took longer than {self.timeout:.0f} s")
+        tail = "\n".join(self.stderr(proc).splitlines()[-8:])
+        return FFmpegError(f"ffmpeg exited with code {rc}", tail, rc)
+
+    def finish(self, proc: subprocess.Popen) -> str:
+        """Close ``proc``'s stdin and wait for it; its error output, or :class:`FFmpegError`."""
+        if proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+        if proc.wait() != 0 or self.timed_out:
+            raise self.error(proc)
+        return self.stderr(proc)
+
+
+# --- Shot cuts, the reference pass (tests and ``vidshard bench scenes``) ---------------------
 
 # Rows of the picture scdet compares: small enough to cost little next to the decode, large
 # enough to keep a cut between two shots of similar brightness (see ``vidshard bench scenes``).

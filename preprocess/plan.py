@@ -83,6 +83,12 @@ def split_points(bounds: list[tuple[float, float]], overrun_s: float | None = No
     return tuple(cuts)
 
 
+def frame_rate(fps: float) -> Fraction:
+    """``fps`` as the exact rate it stands for: 29.97 -> 30000/1001, 25.0 -> 25 (a denominator of at
+    most 1001, as video rates are)."""
+    return Fraction(fps).limit_denominator(1001)
+
+
 def output_size(width: int, height: int, sar: Fraction | float, rotation: int,
                 short_side: int) -> tuple[int, int]:
     """Output ``(width, height)`` in square pixels: short side ``short_side``, the
