@@ -2,8 +2,8 @@
 
 The segment muxer of the batch transcode must know the split times before it encodes, so here the
 work is split differently: one ffmpeg decodes the source through the transcode's own filter chain
-into raw yuv420p frames (``ffmpeg.decode_args``); Python scores each frame the way ``scdet`` does
-(``scenes.SceneScore``), lets ``scenes.SceneChunker`` decide each frame's chunk by the rule of
+into raw yuv420p frames (``ffmpeg.decode_args``); Python scores each frame's luma the way ``scdet``
+does (``scenes.SceneScore``), lets ``scenes.SceneChunker`` decide each frame's chunk by the rule of
 ``plan.scene_bounds``, and pipes it to that chunk's encoder (``ffmpeg.chunk_encode_args``, one
 ffmpeg per chunk, started at the chunk's first frame). Every source is decoded once.
 
@@ -49,7 +49,7 @@ def transcode_at_scenes(src: str | Path, out_dir: Path, spec: TranscodeSpec, *, 
         held: deque[bytes] = deque()  # frames the chunker has not released yet
         while len(frame := decoder.stdout.read(frame_bytes)) == frame_bytes:
             held.append(frame)
-            is_cut = score(np.frombuffer(frame, np.uint8)) >= rule.threshold
+            is_cut = score(np.frombuffer(frame, np.uint8, count=w * h)) > rule.threshold  # on the Y plane
             writer.write(chunker.push(is_cut), held)
         errors = procs.finish(decoder)
         if frame:  # the decoder ended well but mid-frame: its frames are not the size planned

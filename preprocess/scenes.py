@@ -40,7 +40,7 @@ class SceneRule:
     """How chunks follow shot cuts: the ``--split-at-scenes`` settings of a run."""
 
     threshold: float = DEFAULT_THRESHOLD
-    """A frame whose :class:`SceneScore` reaches this (0-100) starts a new shot."""
+    """A frame whose :class:`SceneScore` is above this (0-100) starts a new shot."""
     chunk_s: float = 10.0
     """Longest chunk the length rule makes inside a shot, seconds."""
     min_chunk_s: float = 2.0
@@ -50,24 +50,25 @@ class SceneRule:
 
 
 class SceneScore:
-    """ffmpeg's ``scdet`` score of each frame against the one before.
+    """ffmpeg's ``scdet`` score of each frame against the one before (ffmpeg 7.1 and later).
 
-    ``mafd`` is the mean absolute difference over all planes in percent of 256; the score is
-    ``clip(min(mafd, |mafd - previous mafd|), 0, 100)``, 0 for the first frame. Same arithmetic
-    as vf_scdet.c, so on the same frames the scores are the same numbers.
+    ``mafd`` is the mean absolute difference of the luma planes in percent of 256; the score is
+    ``clip(min(mafd, |mafd - previous mafd|), 0, 100)``, 0 for the first frame, and a frame whose
+    score is above the threshold starts a shot. The arithmetic of vf_scdet.c with its default
+    ``planes=1`` (luma only), so on the same frames the scores are the same numbers.
     """
 
     def __init__(self) -> None:
         self._prev: np.ndarray | None = None
         self._prev_mafd = 0.0
 
-    def __call__(self, frame: np.ndarray) -> float:
-        """Score of ``frame``: its planes as one flat uint8 array, ``(W*H*3/2,)`` for yuv420p."""
-        prev, self._prev = self._prev, frame
-        if prev is None or prev.shape != frame.shape:
+    def __call__(self, luma: np.ndarray) -> float:
+        """Score of a frame from its luma plane, uint8, ``(H, W)`` or flat ``(H*W,)``."""
+        prev, self._prev = self._prev, luma
+        if prev is None or prev.shape != luma.shape:
             return 0.0
-        sad = int((np.maximum(frame, prev) - np.minimum(frame, prev)).sum(dtype=np.uint64))
-        mafd = sad * 100.0 / frame.size / 256
+        sad = int((np.maximum(luma, prev) - np.minimum(luma, prev)).sum(dtype=np.uint64))
+        mafd = sad * 100.0 / luma.size / 256
         score = min(mafd, abs(mafd - self._prev_mafd))
         self._prev_mafd = mafd
         return min(max(score, 0.0), 100.0)

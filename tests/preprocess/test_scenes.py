@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 from vidshard.preprocess.config import PreprocessConfig
-from vidshard.preprocess.ffmpeg import Synth, concat_videos, synth_video
-from vidshard.preprocess.plan import chunk_bounds, kept_cuts, scene_bounds
+from vidshard.preprocess.ffmpeg import Synth, TranscodeSpec, concat_videos, decode_args, run, synth_video
+from vidshard.preprocess.plan import chunk_bounds, kept_cuts, output_size, scene_bounds
 from vidshard.preprocess.run import preprocess
-from vidshard.preprocess.scenes import detect_cuts, parse_cut_times
+from vidshard.preprocess.scenes import SceneScore, detect_cuts, parse_cut_times
 from vidshard.preprocess.store import SettingsMismatch
 from vidshard.shards.schema import Manifest, SampleMeta
 
@@ -111,3 +114,25 @@ def test_old_samples_without_the_field_still_read() -> None:
            "frames": 25, "fps": 25.0, "width": 64, "height": 64}
     meta = SampleMeta.from_dict(json.loads(json.dumps(old)))
     assert meta.starts_at_cut is None and "starts_at_cut" not in meta.to_dict()
+
+
+def test_scene_score_is_scdets_on_the_same_frames(shots_video: Path) -> None:
+    """The in-pass detector (numpy, on the decoder's raw frames) gives ffmpeg's scdet scores and cuts."""
+    spec = TranscodeSpec(short_side=64, crf=23, gop=8, threads=1)
+    args = decode_args(shots_video, spec, Fraction(25))
+    raw = run(args, timeout=60).stdout
+    size = output_size(160, 120, Fraction(1), 0, 64)
+    frame_bytes = size[0] * size[1] * 3 // 2
+    score = SceneScore()
+    luma = size[0] * size[1]
+    ours = [score(np.frombuffer(raw, np.uint8, count=luma, offset=i))
+            for i in range(0, len(raw), frame_bytes)]
+    vf = args.index("-vf")  # the same chain, then ffmpeg's scdet printing every frame's score
+    chain = args[vf + 1] + ",scdet=threshold=10,metadata=print:key=lavfi.scd.score:file='pipe\\:1'"
+    printed = run([*args[:vf], "-vf", chain, "-f", "null", "-"], timeout=60).stdout.decode()
+    theirs = [float(v) for v in re.findall(r"^lavfi\.scd\.score=([0-9.]+)$", printed, re.MULTILINE)]
+    assert len(ours) == len(theirs) == round(sum(s for _, s in SHOTS) * FPS)
+    assert ours == pytest.approx(theirs, abs=0.0005)  # printed with 3 decimals
+    cuts = [i / FPS for i, s in enumerate(ours) if s > 10.0]
+    assert cuts == pytest.approx(CUTS, abs=1e-6)
+    assert all(abs(f - c) <= 1 / FPS for f, c in zip(detect_cuts(shots_video), cuts, strict=True))
