@@ -77,8 +77,8 @@ def preprocess_cmd(
     poll_seconds: float = typer.Option(_pp_default("poll_seconds"), help="--watch --poll: seconds between "
                                        "two listings of INPUT."),
     split_at_scenes: bool = typer.Option(False, "--split-at-scenes", help="Snap chunk boundaries to shot "
-                                         "cuts (ffmpeg scdet) so no clip spans a cut; KEY.json gets "
-                                         "starts_at_cut."),
+                                         "cuts (scdet's score, found while transcoding: one decode) so no "
+                                         "clip spans a cut; KEY.json gets starts_at_cut."),
     scene_threshold: float = typer.Option(_pp_default("scene_threshold"), help="scdet score (0-100) above "
                                           "which a frame starts a new shot (--split-at-scenes)."),
     min_shot_seconds: float = typer.Option(_pp_default("min_shot_seconds"), help="Ignore a cut this soon "
@@ -501,8 +501,8 @@ def bench_scenes_cmd(
                                  "(a test of false cuts)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
-    """Shot-cut detection (ffmpeg scdet vs PySceneDetect) on videos with known cuts, and the extra
-    cost of --split-at-scenes in a preprocessing run."""
+    """Shot-cut detection (the in-pass scdet score vs ffmpeg scdet vs PySceneDetect) on videos with
+    known cuts, and the extra cost of --split-at-scenes in a preprocessing run."""
     import json
 
     from vidshard.benchmarks.scenes import ScenesBenchConfig, report, run_scenes_bench

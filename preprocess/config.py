@@ -78,9 +78,10 @@ class PreprocessConfig:
     """``watch``: seconds between two listings of INPUT with ``poll`` (a safety-net listing every
     minute otherwise)."""
     split_at_scenes: bool = False
-    """Snap chunk boundaries to shot cuts (ffmpeg ``scdet``), so no sample spans a cut."""
+    """Snap chunk boundaries to shot cuts (``scdet``'s score on the frames being transcoded, so each
+    source is still decoded once), so no sample spans a cut."""
     scene_threshold: float = 10.0
-    """``scdet`` score (0-100) above which a frame starts a new shot."""
+    """``scdet`` score (0-100, luma difference to the frame before) above which a frame starts a new shot."""
     min_shot_seconds: float = 0.4
     """A cut less than this after the previous one is ignored (a flash or strobe is not a new shot)."""
 

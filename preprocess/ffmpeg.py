@@ -370,6 +370,16 @@ def chunk_encode_args(dst: str | Path, spec: TranscodeSpec, size: tuple[int, int
     return args + ["-f", "mp4", local_url(dst)]
 
 
+@functools.cache
+def _pipe_size() -> int:
+    """Pipes of 1 MiB (Linux's limit for a user): several raw frames in flight between two processes,
+    so neither waits for the other on every frame. -1 (the system's default) elsewhere."""
+    try:
+        return min(1 << 20, int(Path("/proc/sys/fs/pipe-max-size").read_text()))
+    except (OSError, ValueError):
+        return -1
+
+
 class Processes:
     """ffmpeg processes joined by pipes, run as one unit.
 
@@ -412,7 +422,8 @@ class Processes:
         """Start ``args`` with a pipe to its stdin and/or from its stdout."""
         err = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__, after the process ends)
         proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE if stdout else subprocess.DEVNULL, stderr=err)
+                                stdout=subprocess.PIPE if stdout else subprocess.DEVNULL, stderr=err,
+                                pipesize=_pipe_size())
         self._procs.append((proc, err))
         if self.timed_out:  # the timer fired while this one started
             proc.kill()
