@@ -50,12 +50,12 @@ class SceneRule:
 
 
 class SceneScore:
-    """ffmpeg's ``scdet`` score of each frame against the one before (ffmpeg 7.1 and later).
+    """ffmpeg's ``scdet`` score of each frame against the one before, on the luma plane.
 
     ``mafd`` is the mean absolute difference of the luma planes in percent of 256; the score is
     ``clip(min(mafd, |mafd - previous mafd|), 0, 100)``, 0 for the first frame, and a frame whose
-    score is above the threshold starts a shot. The arithmetic of vf_scdet.c with its default
-    ``planes=1`` (luma only), so on the same frames the scores are the same numbers.
+    score is above the threshold starts a shot. The arithmetic of vf_scdet.c, on the luma plane as
+    the scdet of ffmpeg 9 computes it, so on the same frames the scores are the same numbers.
     """
 
     def __init__(self) -> None:

@@ -127,8 +127,11 @@ def test_scene_score_is_scdets_on_the_same_frames(shots_video: Path) -> None:
     luma = size[0] * size[1]
     ours = [score(np.frombuffer(raw, np.uint8, count=luma, offset=i))
             for i in range(0, len(raw), frame_bytes)]
-    vf = args.index("-vf")  # the same chain, then ffmpeg's scdet printing every frame's score
-    chain = args[vf + 1] + ",scdet=threshold=10,metadata=print:key=lavfi.scd.score:file='pipe\\:1'"
+    # The same chain, then ffmpeg's scdet on the luma plane (as ffmpeg 9's scdet scores; older ones
+    # took every plane of yuv420p), printing every frame's score.
+    vf = args.index("-vf")
+    chain = args[vf + 1] + ",extractplanes=y,scdet=threshold=10"
+    chain += ",metadata=print:key=lavfi.scd.score:file='pipe\\:1'"
     printed = run([*args[:vf], "-vf", chain, "-f", "null", "-"], timeout=60).stdout.decode()
     theirs = [float(v) for v in re.findall(r"^lavfi\.scd\.score=([0-9.]+)$", printed, re.MULTILINE)]
     assert len(ours) == len(theirs) == round(sum(s for _, s in SHOTS) * FPS)
