@@ -90,7 +90,7 @@ def _pyscenedetect(path: Path) -> list[float]:
     return [start.get_seconds() for start, _ in scenes[1:]]
 
 
-def _in_pass(path: Path, score_s: list[float]) -> list[float]:
+def in_pass_cuts(path: Path, score_s: list[float]) -> list[float]:
     """The product's detector: the one-pass decoder's frames (default short side, the probed rate),
     scored as scdet scores them; adds the seconds spent scoring to ``score_s[0]``."""
     pp = PreprocessConfig(input=Path(), output=Path())
@@ -115,7 +115,7 @@ def run_scenes_bench(cfg: ScenesBenchConfig, console: Console | None = None) -> 
     console = console or Console(stderr=True)
     min_shot = PreprocessConfig(input=Path(), output=Path()).min_shot_seconds  # as preprocess keeps them
     score_s = [0.0]
-    detectors = {"in-pass scdet score (as used)": lambda p: _in_pass(p, score_s),
+    detectors = {"in-pass scdet score (as used)": lambda p: in_pass_cuts(p, score_s),
                  "ffmpeg scdet, separate pass": lambda p: kept_cuts(1e9, detect_cuts(
                      p, threshold=DEFAULT_THRESHOLD, threads=1), min_shot)}
     try:

@@ -139,3 +139,15 @@ def test_scene_score_is_scdets_on_the_same_frames(shots_video: Path) -> None:
     cuts = [i / FPS for i, s in enumerate(ours) if s > 10.0]
     assert cuts == pytest.approx(CUTS, abs=1e-6)
     assert all(abs(f - c) <= 1 / FPS for f, c in zip(detect_cuts(shots_video), cuts, strict=True))
+
+
+def test_in_pass_cuts_are_scdets_on_the_bench_videos(tmp_path: Path) -> None:
+    """On the videos ``vidshard bench scenes`` makes (smaller), the detector --split-at-scenes uses
+    finds every true cut within a frame, as ffmpeg's scdet in a separate pass does, and nothing else."""
+    from vidshard.benchmarks.scenes import ScenesBenchConfig, in_pass_cuts, make_videos, score
+
+    min_shot = PreprocessConfig(input=tmp_path, output=tmp_path).min_shot_seconds
+    videos = make_videos(tmp_path, ScenesBenchConfig(videos=2, shots=4, size=(160, 120)))
+    for path, truth in videos.items():
+        ours, ref = in_pass_cuts(path, [0.0]), kept_cuts(1e9, detect_cuts(path, threads=1), min_shot)
+        assert score(ours, truth, FPS) == score(ref, truth, FPS) == (len(truth), 0, 0), (ours, ref, truth)
