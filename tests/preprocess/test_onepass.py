@@ -5,9 +5,7 @@ path ending every ffmpeg it started."""
 from __future__ import annotations
 
 import bisect
-import collections
 import io
-import json
 import os
 import random
 import stat
@@ -37,7 +35,6 @@ from vidshard.preprocess.run import preprocess
 from vidshard.preprocess.scenes import SceneChunker, SceneRule
 from vidshard.preprocess.space import output_trouble
 
-from .conftest import BROKEN, expected_names
 from .test_run import read_samples
 
 # --- The online chunker is the batch plan -----------------------------------------------------
@@ -208,28 +205,3 @@ def test_every_error_path_ends_every_ffmpeg(clip: Path, tmp_path: Path, logged_f
     with pytest.raises(FFmpegError) as stopped:  # a signal: not a failure of the input
         transcode_at_scenes(clip, tmp_path / "e", _spec(), size=size, rate=rate, rule=RULE)
     assert stopped.value.stopped and _all_ended(logged_ffmpeg)
-
-
-# --- The variety folder: every input accounted for, damaged ones reported --------------------
-
-
-def test_variety_with_split_at_scenes(variety: Path, tmp_path: Path) -> None:
-    cfg = PreprocessConfig(input=variety, output=tmp_path / "out", chunk_seconds=1.0, min_chunk_seconds=0.5,
-                           short_side=64, gop=8, workers=2, quiet=True, split_at_scenes=True)
-    result = preprocess(cfg, console=Console(quiet=True))
-    playable, broken = expected_names()
-    by_video: dict[str, list] = collections.defaultdict(list)
-    for s in read_samples(cfg.output).values():
-        by_video[s["meta"].video].append(s["meta"])
-    assert set(by_video) == playable
-    failures = [json.loads(line) for line in (cfg.output / "failures.jsonl").read_text().splitlines()]
-    assert {f["path"]: BROKEN[f["path"]] in f["reason"] for f in failures} == dict.fromkeys(broken, True)
-    assert result.total.videos_ok == len(playable)
-    for video, metas in by_video.items():
-        info = probe(variety / video)
-        metas.sort(key=lambda m: m.chunk)
-        assert {(m.width, m.height) for m in metas} == {
-            output_size(info.width, info.height, info.sar, info.rotation, 64)}, video
-        assert metas[0].start_s == 0 and all(a.end_s == pytest.approx(b.start_s, abs=1e-5)
-                                             for a, b in zip(metas, metas[1:], strict=False)), video
-        assert metas[-1].end_s == pytest.approx(info.duration_s, abs=0.2), video

@@ -206,3 +206,27 @@ def test_one_ffmpeg_process_per_video_with_audio_and_fps_options(tmp_path: Path,
         with av.open(str(out.staged / f"{m['chunk']:05d}.mp4")) as c:
             assert len(c.streams.audio) == 1 and c.streams.video[0].average_rate == 12.5
     assert abs(sum(m["frames"] for m in metas) - 3.1 * 12.5) <= 1
+
+
+def test_variety_with_split_at_scenes(variety: Path, tmp_path: Path) -> None:
+    """--split-at-scenes (one decode pass, onepass.py) on every kind of input: each one is accounted for,
+    the damaged ones reported, sizes follow the output size rule, chunks cover each video."""
+    cfg = PreprocessConfig(input=variety, output=tmp_path / "out", chunk_seconds=1.0, min_chunk_seconds=0.5,
+                           short_side=64, gop=8, workers=2, quiet=True, split_at_scenes=True)
+    result = preprocess(cfg, console=Console(quiet=True))
+    playable, broken = expected_names()
+    by_video: dict[str, list] = collections.defaultdict(list)
+    for s in read_samples(cfg.output).values():
+        by_video[s["meta"].video].append(s["meta"])
+    assert set(by_video) == playable
+    failures = [json.loads(line) for line in (cfg.output / "failures.jsonl").read_text().splitlines()]
+    assert {f["path"]: BROKEN[f["path"]] in f["reason"] for f in failures} == dict.fromkeys(broken, True)
+    assert result.total.videos_ok == len(playable)
+    for video, metas in by_video.items():
+        info = probe(variety / video)
+        metas.sort(key=lambda m: m.chunk)
+        assert {(m.width, m.height) for m in metas} == {
+            output_size(info.width, info.height, info.sar, info.rotation, 64)}, video
+        assert metas[0].start_s == 0 and all(a.end_s == pytest.approx(b.start_s, abs=1e-5)
+                                             for a, b in zip(metas, metas[1:], strict=False)), video
+        assert metas[-1].end_s == pytest.approx(info.duration_s, abs=0.2), video
