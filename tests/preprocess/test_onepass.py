@@ -151,11 +151,13 @@ def _all_ended(log: Path) -> bool:
 
 def test_one_video_decode_per_input_and_audio_kept(tmp_path: Path, logged_ffmpeg: Path) -> None:
     src = synth_video(tmp_path / "in" / "talk.mp4", Synth(seconds=3.0, width=128, height=96, audio=True))
-    cfg = PreprocessConfig(input=src.parent, output=tmp_path / "out", chunk_seconds=1.0,
+    (tmp_path / "list.jsonl").write_text('{"path": "in/talk.mp4"}\n'
+                                         '{"path": "in/talk.mp4", "start": 0.5, "end": 2.9}\n')
+    cfg = PreprocessConfig(input=tmp_path / "list.jsonl", output=tmp_path / "out", chunk_seconds=1.0,
                            min_chunk_seconds=0.5, short_side=64, gop=8, workers=1, quiet=True,
                            split_at_scenes=True, keep_audio=True)
-    assert preprocess(cfg, console=Console(quiet=True)).total.videos_ok == 1
-    assert _video_decoders(logged_ffmpeg, src) == 1  # the source is decoded once, cuts and all
+    assert preprocess(cfg, console=Console(quiet=True)).total.videos_ok == 2
+    assert _video_decoders(logged_ffmpeg, src) == 2  # once per input (the file; a segment), cuts and all
     assert _all_ended(logged_ffmpeg)
     metas = []
     for s in read_samples(cfg.output).values():
@@ -165,7 +167,8 @@ def test_one_video_decode_per_input_and_audio_kept(tmp_path: Path, logged_ffmpeg
             audio_s = float(a.duration * a.time_base)
             assert audio_s == pytest.approx(float(v.duration * v.time_base), abs=0.05), s["meta"]
         metas.append(s["meta"])
-    assert [m.start_s for m in sorted(metas, key=lambda m: m.chunk)] == pytest.approx([0.0, 1.0, 2.0])
+    # 3 s: three chunks; the 2.4 s segment from 0.5 s: 1 s, then 1.4 s (the 0.4 s tail joins)
+    assert sorted(m.start_s for m in metas) == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
 
 
 def _spec(**kw: object) -> TranscodeSpec:
