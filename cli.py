@@ -499,6 +499,8 @@ def bench_scenes_cmd(
     seed: int = typer.Option(0, help="Seed of the shot patterns and lengths."),
     flicker: bool = typer.Option(False, "--flicker", help="Also use a source that flickers on every frame "
                                  "(a test of false cuts)."),
+    size: str = typer.Option("640x480", help="WIDTHxHEIGHT of the generated videos (larger sources cost "
+                             "more to decode, which one decode pass saves)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Shot-cut detection (the in-pass scdet score vs ffmpeg scdet vs PySceneDetect) on videos with
@@ -508,7 +510,11 @@ def bench_scenes_cmd(
     from vidshard.benchmarks.scenes import ScenesBenchConfig, report, run_scenes_bench
     from vidshard.shards.schema import atomic_write
 
-    res = run_scenes_bench(ScenesBenchConfig(videos=videos, shots=shots, seed=seed, flicker=flicker))
+    w, _, h = size.partition("x")
+    if not (w.isdigit() and h.isdigit()):
+        raise typer.BadParameter(f"{size!r}: expected WIDTHxHEIGHT, e.g. 1280x720", param_hint="--size")
+    res = run_scenes_bench(ScenesBenchConfig(videos=videos, shots=shots, seed=seed, flicker=flicker,
+                                             size=(int(w), int(h))))
     typer.echo(report(res))
     if json_out is not None:
         atomic_write(json_out, json.dumps(res, indent=2).encode())

@@ -28,7 +28,8 @@ def test_help_documents_every_option() -> None:
         assert opt in text, opt
     assert "bench" in runner.invoke(app, ["--help"]).output
     assert "--json" in runner.invoke(app, ["bench", "preprocess", "--help"], terminal_width=200).output
-    assert "--flicker" in runner.invoke(app, ["bench", "scenes", "--help"], terminal_width=200).output
+    scenes_help = runner.invoke(app, ["bench", "scenes", "--help"], terminal_width=200).output
+    assert "--flicker" in scenes_help and "--size" in scenes_help
 
 
 def test_exit_codes(tmp_path: Path, make_video) -> None:
