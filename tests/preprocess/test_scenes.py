@@ -151,3 +151,16 @@ def test_in_pass_cuts_are_scdets_on_the_bench_videos(tmp_path: Path) -> None:
     for path, truth in videos.items():
         ours, ref = in_pass_cuts(path, [0.0]), kept_cuts(1e9, detect_cuts(path, threads=1), min_shot)
         assert score(ours, truth, FPS) == score(ref, truth, FPS) == (len(truth), 0, 0), (ours, ref, truth)
+
+
+@pytest.mark.slow
+def test_bench_scenes_runs_all_three_ways() -> None:
+    """``vidshard bench scenes`` end to end on one tiny video: every detector finds the cut, and the
+    runs without the option, with it and with the former two passes all make their samples."""
+    from vidshard.benchmarks.scenes import ScenesBenchConfig, report, run_scenes_bench
+
+    res = run_scenes_bench(ScenesBenchConfig(videos=1, shots=2, size=(96, 64)), console=Console(quiet=True))
+    assert all(r["hits"] == res["cuts"] == 1 and r["false"] == 0 for r in res["detectors"].values())
+    assert res["samples_scenes"] >= res["samples"] >= 1
+    assert min(res["cpu_s"], res["cpu_scenes_s"], res["cpu_two_pass_s"]) > 0
+    assert "former two passes" in report(res)
