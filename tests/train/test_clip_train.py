@@ -88,7 +88,7 @@ def run_evidence(captioned: tuple[Path, Path, Path], out: Path, steps: int, seed
     zero-shot direction on the held-out set.
 
     lr 5e-4 and 4 blocks: with 12 blocks (vit-t) at lr 1e-3 the loss stalls at ln 8 (only the colour
-    is learned, train-set R@1 17%); at lr 3e-4 12 blocks learn but 2-3x slower per CPU-second.
+    is learned, train-set R@1 17%); at lr 3e-4 12 blocks learn, but less in the same CPU time.
     """
     train_set, held_out, tok = captioned
     cfg = TrainConfig(data=str(train_set), out=str(out), objective="clip", model="vit-t4", text_model="tiny",
