@@ -569,7 +569,7 @@ def bench_loader_cmd(
 
 @bench_app.command("model")
 def bench_model_cmd(
-    model: str = typer.Option("vit-t", help="Model preset: vit-t, vit-s, vit-b or vit-l."),
+    model: str = typer.Option("vit-t", help="Model preset: vit-t, vit-t4, vit-s, vit-b or vit-l."),
     frames: int = typer.Option(16, help="Frames per clip."),
     size: int = typer.Option(224, help="Crop side in pixels."),
     batch_size: int = typer.Option(1, help="Clips per training step."),

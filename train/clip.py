@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .model import VideoViT
 from .text import CaptionTokens, TextSpec, build_text_tower, load_pretrained_text, text_features, text_spec
 
-EMBED_DIMS = {"vit-t": 256, "vit-s": 384, "vit-b": 512, "vit-l": 768}
+EMBED_DIMS = {"vit-t": 256, "vit-t4": 256, "vit-s": 384, "vit-b": 512, "vit-l": 768}
 """Default shared embedding width per video preset (``--embed-dim 0``)."""
 INIT_TEMPERATURE = 0.07
 MAX_LOGIT_SCALE = 100.0

@@ -29,7 +29,8 @@ class TrainConfig:
     """``supervised`` (classification from the shard set's labels), ``mae`` (masked pretraining) or ``clip``
     (video-text contrastive, from the samples' captions)."""
     model: str = "vit-t"
-    """Model preset: ``vit-t``, ``vit-s``, ``vit-b`` or ``vit-l``."""
+    """Model preset: ``vit-t``, ``vit-s``, ``vit-b`` or ``vit-l``; ``vit-t4`` (ViT-T with 4 blocks) for CPU
+    runs."""
     frames: int = 16
     """Frames per clip."""
     stride: int = 4

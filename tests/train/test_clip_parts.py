@@ -116,6 +116,35 @@ def test_loss_is_symmetric_infonce_and_ignores_padding() -> None:
     assert pad_loss == 0 and all(torch.isfinite(g).all() and not g.any() for g in grads)
 
 
+def test_identical_captions_need_no_special_targets() -> None:
+    """A batch with repeated captions (the CPU evidence: 12 captions, batch 16): identical token ids give
+    identical text embeddings, so CLIP's one-hot targets already give the loss and gradients of targets
+    that put equal mass on every clip carrying the same caption. Deduplicating would change nothing."""
+    torch.manual_seed(0)
+    caption = torch.tensor([0, 1, 0, 2, 1, 0])  # which of 3 captions each of 6 clips carries
+    video = torch.randn(6, 8, requires_grad=True)
+    words = torch.randn(3, 8, requires_grad=True)  # one text embedding per distinct caption
+    scale = torch.tensor(10.0)
+
+    def losses(jitter: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        v, t = F.normalize(video, dim=-1), F.normalize(words, dim=-1)[caption]
+        t = F.normalize(t + jitter * torch.randn(t.shape, generator=torch.Generator().manual_seed(1)), dim=-1)
+        same = (caption[:, None] == caption[None]).float()  # (6, 6)
+        soft = same / same.sum(dim=1, keepdim=True)  # equal mass on every identical caption
+        logits = scale * v @ t.T
+        shared = (F.cross_entropy(logits, soft) + F.cross_entropy(logits.T, soft)) / 2
+        return contrastive_loss(v, t, scale)[0], shared
+
+    hard, shared = losses()
+    grads_hard = torch.autograd.grad(hard, (video, words))
+    grads_shared = torch.autograd.grad(losses()[1], (video, words))
+    assert hard.item() == pytest.approx(shared.item(), rel=1e-6)
+    for g, h in zip(grads_hard, grads_shared, strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-7)
+    hard, shared = losses(jitter=0.1)  # the premise: embeddings of one caption that differ break it
+    assert abs(hard.item() - shared.item()) > 1e-3
+
+
 WORKER = textwrap.dedent("""
     import sys, torch, torch.distributed as dist, torch.nn.functional as F, math
     sys.path.insert(0, {tests!r})

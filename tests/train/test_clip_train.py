@@ -75,21 +75,26 @@ def word_tokenizer(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(train set: 12 combinations x 4 clips, held-out set: 4 new combinations x 3 clips, tokenizer)."""
+    """(train set: 12 combinations x 4 clips, held-out set: 4 new combinations x 6 clips, tokenizer)."""
     root = tmp_path_factory.mktemp("captioned")
     combos = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
     train_set = captioned_shardset(root / "train", [c for c in combos if c not in HELD_OUT], 4, seed=1)
-    held_out = captioned_shardset(root / "held_out", sorted(HELD_OUT), 3, seed=2)
+    held_out = captioned_shardset(root / "held_out", sorted(HELD_OUT), 6, seed=2)
     return train_set, held_out, word_tokenizer(root / "tokenizer.json")
 
 
-def run_evidence(captioned: tuple[Path, Path, Path], out: Path, steps: int) -> dict:
-    """Train a vit-t dual encoder for ``steps`` and evaluate retrieval and zero-shot on the held-out set."""
+def run_evidence(captioned: tuple[Path, Path, Path], out: Path, steps: int, seed: int = 0) -> dict:
+    """Train a vit-t4 dual encoder for ``steps`` (training seed ``seed``) and evaluate retrieval and
+    zero-shot direction on the held-out set.
+
+    lr 5e-4 and 4 blocks: with 12 blocks (vit-t) at lr 1e-3 the loss stalls at ln 8 (only the colour
+    is learned, train-set R@1 17%); at lr 3e-4 12 blocks learn, but less in the same CPU time.
+    """
     train_set, held_out, tok = captioned
-    cfg = TrainConfig(data=str(train_set), out=str(out), objective="clip", model="vit-t", text_model="tiny",
+    cfg = TrainConfig(data=str(train_set), out=str(out), objective="clip", model="vit-t4", text_model="tiny",
                       tokenizer=str(tok), frames=8, stride=2, size=32, crop_scale=(0.6, 1.0), flip=False,
-                      batch_size=16, steps=steps, lr=1e-3, warmup_steps=10, log_every=10,
-                      ckpt_every=steps, workers=0, progress=False, threads=1)
+                      batch_size=16, steps=steps, lr=5e-4, warmup_steps=10, log_every=10,
+                      ckpt_every=steps, workers=0, progress=False, threads=1, seed=seed)
     train(cfg)
     ec = EvalConfig(data=str(held_out), checkpoint=str(out), retrieval=True, zero_shot=True, prompts=PROMPTS,
                     temporal_views=1, spatial_views=1, workers=0, progress=False, threads=1)
@@ -97,32 +102,33 @@ def run_evidence(captioned: tuple[Path, Path, Path], out: Path, steps: int) -> d
 
 
 def test_clip_learns_words_it_never_saw_together(captioned: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    """The short version (60 steps): the loss falls and held-out retrieval is above chance already."""
+    """The short version (120 steps, about 35 CPU-seconds): the loss falls and held-out text-to-video
+    retrieval is above chance already."""
     from vidshard.train.metrics import read_metrics
 
-    result = run_evidence(captioned, tmp_path / "run", steps=60)
+    result = run_evidence(captioned, tmp_path / "run", steps=120)
     r = result["retrieval"]
-    assert (r["clips"], r["texts"]) == (12, 4)  # held out: 4 new combinations x 3 clips
-    # Chance: text->video R@1 = 1/4 (3 relevant clips of 12).
+    assert (r["clips"], r["texts"]) == (24, 4)  # held out: 4 new combinations x 6 clips
+    # Chance: text->video R@1 = 1/4 (6 relevant clips of 24). Measured 0.75 (docs/clip.md).
     assert r["text_to_video"]["R@1"] >= 0.5, r
     losses = [m["loss"] for m in read_metrics(tmp_path / "run") if m["split"] == "train"]
-    assert losses[-1] < 0.9 * losses[0], losses
+    assert losses[-1] < 0.8 * losses[0], losses  # measured 2.61 -> 1.71
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert saved["retrieval"]["mAP"] == pytest.approx(r["mAP"]) and "zero_shot" in saved
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 11's evidence criterion is not met yet: held-out R@1 is 2x "
-                   "chance and zero-shot direction near chance on the final code (docs/clip.md)")
-def test_clip_learns_words_it_never_saw_together_long(captioned: tuple[Path, Path, Path],
-                                                      tmp_path: Path) -> None:
-    """200 steps: 3.2 min (106 CPU-seconds) on the shared 2-core machine it was measured on."""
-    result = run_evidence(captioned, tmp_path / "run", steps=200)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clip_learns_words_it_never_saw_together_long(captioned: tuple[Path, Path, Path], tmp_path: Path,
+                                                      seed: int) -> None:
+    """Issue 11's criterion, per training seed: 400 steps, about 105 CPU-seconds each (docs/clip.md)."""
+    result = run_evidence(captioned, tmp_path / "run", steps=400, seed=seed)
     r, z = result["retrieval"], result["zero_shot"]
-    # Chance: R@1 1/4 both ways (text->video: 3 relevant clips of 12; video->text: 1 of 4 captions).
-    assert r["text_to_video"]["R@1"] >= 0.7, r  # measured 0.5 on seeds 0-2 (docs/clip.md)
-    assert r["video_to_text"]["R@1"] >= 0.5, r  # measured 0.5
-    assert z["top1"] >= 0.5 and z["chance"] == 0.25, z  # direction, never seen in these combinations: 0-0.42
+    # Chance: R@1 1/4 both ways (text->video: 6 relevant clips of 24; video->text: 1 of 4 captions);
+    # zero-shot: 1/4 (4 directions, each in a colour-shape combination never seen with it).
+    assert r["text_to_video"]["R@1"] >= 3 * 0.25, r  # measured 1.0 on seeds 0, 1 and 2
+    assert r["video_to_text"]["R@1"] >= 2 * 0.25, r  # measured 0.79-0.96
+    assert z["chance"] == 0.25 and z["top1"] >= 2 * z["chance"], z  # measured 0.62-0.71
 
 
 def test_demo_caption_list_describes_its_sample_videos(tmp_path: Path) -> None:
@@ -161,7 +167,7 @@ def test_cli_trains_and_evaluates_a_clip_model(captioned: tuple[Path, Path, Path
     assert "text -> video" in res.output and "zero-shot classification" in res.output
     saved = json.loads((out / "eval.json").read_text())
     assert saved["zero_shot"]["prompts"] == ["red square moving {}", "blue bar moving {}"]
-    assert saved["views"] == {"temporal": 1, "spatial": 2} and saved["retrieval"]["clips"] == 12
+    assert saved["views"] == {"temporal": 1, "spatial": 2} and saved["retrieval"]["clips"] == 24
     bad = runner.invoke(app, ["eval", str(held_out), "--checkpoint", str(out), "--workers", "0", "--quiet"])
     assert bad.exit_code == 2 and "--retrieval / --zero-shot" in bad.output
 

@@ -15,7 +15,8 @@ def tiny(**kw) -> ViTConfig:
 
 def test_presets_have_standard_widths_and_depths() -> None:
     assert {k: (v["dim"], v["depth"], v["heads"]) for k, v in PRESETS.items()} == {
-        "vit-t": (192, 12, 3), "vit-s": (384, 12, 6), "vit-b": (768, 12, 12), "vit-l": (1024, 24, 16)}
+        "vit-t": (192, 12, 3), "vit-t4": (192, 4, 3), "vit-s": (384, 12, 6), "vit-b": (768, 12, 12),
+        "vit-l": (1024, 24, 16)}
     cfg = ViTConfig.from_preset("vit-b", frames=16, img_size=224, num_classes=400)
     assert cfg.grid() == (8, 14, 14)
     n_params = sum(p.numel() for p in VideoViT(cfg).parameters())
