@@ -59,8 +59,8 @@ def preprocess_cmd(
     gop: int = typer.Option(_pp_default("gop"), help="A keyframe every N frames (random clip access cost)."),
     preset: str = typer.Option(_pp_default("preset"), help="x264 speed preset."),
     tune: str = typer.Option(_pp_default("tune") or "none", help="x264 tune, or none: fastdecode (no CABAC, "
-                             "no deblocking) is part of the default encoding, which decodes ~2x faster in "
-                             "the loader than crf 23 without it (docs/performance.md)."),
+                             "no deblocking) is part of the default encoding, which decodes ~1.9x faster in "
+                             "the loader than the old one (no tune, crf 23; docs/performance.md)."),
     bframes: str = typer.Option(str(_pp_default("bframes")), help="x264 B-frames between reference frames, "
                                 "or 'preset' (3 for veryfast)."),
     b_pyramid: str = typer.Option(_pp_default("b_pyramid"), help="x264 b-pyramid: none (no B-frame is a "
