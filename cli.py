@@ -32,6 +32,16 @@ def _pp_default(name: str):
     return PreprocessConfig.__dataclass_fields__[name].default
 
 
+def _preset_or(text: str, option: str, cast=str):
+    """An x264 option's value, or None (the preset's choice) for 'preset'."""
+    if text.lower() == "preset":
+        return None
+    try:
+        return cast(text)
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected a whole number or 'preset'") from None
+
+
 @app.command("preprocess")
 def preprocess_cmd(
     input: Path = typer.Argument(..., help="Folder of videos (searched recursively; any file that "
@@ -48,9 +58,16 @@ def preprocess_cmd(
     crf: int = typer.Option(_pp_default("crf"), help="x264 quality: lower is better and bigger."),
     gop: int = typer.Option(_pp_default("gop"), help="A keyframe every N frames (random clip access cost)."),
     preset: str = typer.Option(_pp_default("preset"), help="x264 speed preset."),
-    tune: str = typer.Option(_pp_default("tune") or "none", help="x264 tune, or none: fastdecode decodes "
-                             "~1.55x faster in the loader for ~1.26x the bytes at --crf 22 "
-                             "(docs/performance.md)."),
+    tune: str = typer.Option(_pp_default("tune") or "none", help="x264 tune, or none: fastdecode (no CABAC, "
+                             "no deblocking) is part of the default encoding, which decodes ~1.9x faster in "
+                             "the loader than the old one (no tune, crf 23; docs/performance.md)."),
+    bframes: str = typer.Option(str(_pp_default("bframes")), help="x264 B-frames between reference frames, "
+                                "or 'preset' (3 for veryfast)."),
+    b_pyramid: str = typer.Option(_pp_default("b_pyramid"), help="x264 b-pyramid: none (no B-frame is a "
+                                  "reference, so the loader skips every B-frame a clip does not show), "
+                                  "strict, normal, or 'preset'."),
+    b_adapt: str = typer.Option(str(_pp_default("b_adapt")), help="x264 b-adapt: 0 always places --bframes "
+                                "B-frames, 1 or 2 adaptive placement, or 'preset'."),
     keep_audio: bool = typer.Option(False, "--keep-audio", help="Keep the first audio track (AAC)."),
     labels_from_dirs: bool = typer.Option(False, "--labels-from-dirs",
                                           help="First folder level under INPUT is the class name."),
@@ -96,7 +113,9 @@ def preprocess_cmd(
         cfg = PreprocessConfig(
             input=input, output=output, chunk_seconds=chunk_seconds, min_chunk_seconds=min_chunk_seconds,
             short_side=short_side, fps=fps or None, crf=crf, gop=gop, preset=preset,
-            tune=None if tune.lower() == "none" else tune, keep_audio=keep_audio,
+            tune=None if tune.lower() == "none" else tune, bframes=_preset_or(bframes, "--bframes", int),
+            b_pyramid=_preset_or(b_pyramid, "--b-pyramid"), b_adapt=_preset_or(b_adapt, "--b-adapt", int),
+            keep_audio=keep_audio,
             labels_from_dirs=labels_from_dirs, shard_size=parse_size(shard_size), prefix=prefix,
             workers=workers, part=parse_part(part) if part else None, retry_failed=retry_failed,
             dry_run=dry_run, quiet=quiet, strict=strict, min_free_space=parse_size(min_free_space),
@@ -456,8 +475,10 @@ def bench_preprocess_cmd(
     encode_sweep: bool = typer.Option(False, "--encode-sweep", help="Instead: bytes, SSIM/PSNR, encode speed "
                                       "and decode-only clips/s per x264 candidate (how --tune/--crf were "
                                       "chosen)."),
-    candidate: list[str] = typer.Option(None, "--candidate", help="With --encode-sweep: TUNE,CRF,GOP,BF "
-                                        "(e.g. fastdecode,21,16,-; the first is the baseline); repeatable."),
+    candidate: list[str] = typer.Option(None, "--candidate", help="With --encode-sweep: "
+                                        "TUNE,CRF,GOP,BF[,B_PYRAMID[,B_ADAPT]] ('-': the preset's choice; "
+                                        "e.g. fastdecode,22,16,5,none,0; the first is the baseline); "
+                                        "repeatable."),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """vidshard preprocess against bare ffmpeg doing the identical transcode, same files and parallelism."""

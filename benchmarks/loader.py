@@ -346,7 +346,7 @@ def show(result: dict[str, Any], console: Any) -> None:
     console.print(table)
     console.print(f"shard loader vs raw videos: [bold]{result['speedup_vs_raw']:.1f}x[/] (goal >= 5x); "
                   f"fraction of the decode-only limit: [bold]{result['fraction_of_decode_limit']:.2f}[/] "
-                  "(goal >= 0.8)")
+                  "(goal >= 0.9)")
     if "cache" in result:
         c = result["cache"]
         console.print(f"cache: {c.get('hits', 0)} hits, {c.get('misses', 0)} misses, "

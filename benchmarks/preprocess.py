@@ -214,7 +214,7 @@ def sweep_report(rows: list[dict]) -> str:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One x264 setting to measure."""
+    """One x264 setting to measure (``None``: the preset's choice)."""
 
     tune: str | None = None
     """x264 tune (None: none)."""
@@ -223,29 +223,51 @@ class Candidate:
     gop: int = 16
     """Keyframe interval."""
     bframes: int | None = None
-    """B-frames (None: the preset's choice)."""
+    """B-frames (None: the preset's choice, 3 for veryfast)."""
+    b_pyramid: str | None = None
+    """x264 b-pyramid: none, strict, normal (None: the preset's, normal)."""
+    b_adapt: int | None = None
+    """x264 b-adapt: 0 fixed B placement, 1, 2 (None: the preset's, 1)."""
 
     @property
     def label(self) -> str:
         bf = "preset" if self.bframes is None else str(self.bframes)
-        return f"tune={self.tune or 'none'} crf={self.crf} gop={self.gop} bf={bf}"
+        extra = "".join(f" {k}={v}" for k, v in (("b-pyramid", self.b_pyramid), ("b-adapt", self.b_adapt))
+                        if v is not None)
+        return f"tune={self.tune or 'none'} crf={self.crf} gop={self.gop} bf={bf}{extra}"
 
 
-BASELINE = Candidate()  # the default before --tune existed: no tune, crf 23, gop 16, the preset's B-frames
+# The default before issue 12: no tune, crf 23, gop 16, the preset's B-frames (3, b-pyramid normal, b-adapt 1)
+BASELINE = Candidate()
+DEFAULT = Candidate(tune="fastdecode", crf=22, gop=16, bframes=5, b_pyramid="none", b_adapt=0)  # today's
 CANDIDATES = (BASELINE, Candidate(bframes=0), Candidate(tune="fastdecode"),
-              Candidate(tune="fastdecode", crf=22), Candidate(tune="fastdecode", crf=21),
-              Candidate(tune="fastdecode", crf=21, gop=32))
+              Candidate(tune="fastdecode", crf=22),
+              Candidate(tune="fastdecode", crf=22, b_pyramid="none", b_adapt=0), DEFAULT,
+              Candidate(tune="fastdecode", crf=22, bframes=7, b_pyramid="none", b_adapt=0))
 SWEEP_SOURCES = ("testsrc2", "mandelbrot", "moving")
 
 
+def _preset_or(text: str, cast=str):
+    """A candidate field: ``-``, ``preset`` or empty for the preset's choice, else ``cast(text)``."""
+    return None if text in ("-", "", "preset") else cast(text)
+
+
 def parse_candidate(text: str) -> Candidate:
-    """``"TUNE,CRF,GOP,BF"`` (``none`` / ``-`` for no tune or the preset's B-frames) -> Candidate."""
+    """``"TUNE,CRF,GOP,BF[,B_PYRAMID[,B_ADAPT]]"`` (``none`` for no tune; ``-`` for the preset's choice)
+    -> Candidate, validated as ``vidshard preprocess`` validates the same settings."""
     parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 4:
-        raise ValueError(f"candidate {text!r}: expected TUNE,CRF,GOP,BF such as fastdecode,21,16,-")
-    tune, crf, gop, bf = parts
-    return Candidate(tune=None if tune in ("none", "-", "") else tune, crf=int(crf), gop=int(gop),
-                     bframes=None if bf in ("-", "", "preset") else int(bf))
+    if not 4 <= len(parts) <= 6:
+        raise ValueError(f"candidate {text!r}: expected TUNE,CRF,GOP,BF[,B_PYRAMID[,B_ADAPT]] such as "
+                         "fastdecode,21,16,- or fastdecode,22,16,7,none,0")
+    tune, crf, gop, bf, pyramid, adapt = parts + ["-"] * (6 - len(parts))
+    try:
+        c = Candidate(tune=None if tune in ("none", "-", "") else tune, crf=int(crf), gop=int(gop),
+                      bframes=_preset_or(bf, int), b_pyramid=_preset_or(pyramid),
+                      b_adapt=_preset_or(adapt, int))
+        _candidate_config(c, 288, 10.0)  # the preprocess config's own checks (tune, crf, pyramid, ...)
+    except ValueError as e:
+        raise ValueError(f"candidate {text!r}: {e}") from None
+    return c
 
 
 def encode_sweep(candidates: tuple[Candidate, ...] = CANDIDATES, *, seconds: float = 10.0,
@@ -286,7 +308,7 @@ def _measure(c: Candidate, sources: list[Path], row: dict, tmp: Path, short_side
     """Encode every source with ``c``; add encode seconds and decode clips/s (and bytes, SSIM, PSNR)."""
     enc_s = dec_s = 0.0
     for src in sources:
-        out = tmp / f"{c.tune}_{c.crf}_{c.gop}_{c.bframes}_{src.stem}"
+        out = tmp / f"{c.tune}_{c.crf}_{c.gop}_{c.bframes}_{c.b_pyramid}_{c.b_adapt}_{src.stem}"
         t0 = _children_cpu()
         chunk = transcode(src, out, _candidate_spec(c, short_side, seconds))[0][0]
         enc_s += _children_cpu() - t0
@@ -310,11 +332,16 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _candidate_config(c: Candidate, short_side: int, seconds: float) -> PreprocessConfig:
+    return PreprocessConfig(input=".", output=".", crf=c.crf, gop=c.gop, tune=c.tune, bframes=c.bframes,
+                            b_pyramid=c.b_pyramid, b_adapt=c.b_adapt, short_side=short_side,
+                            chunk_seconds=seconds, workers=1)
+
+
 def _candidate_spec(c: Candidate, short_side: int, seconds: float) -> TranscodeSpec:
-    pp = PreprocessConfig(input=".", output=".", crf=c.crf, gop=c.gop, tune=c.tune, short_side=short_side,
-                          chunk_seconds=seconds, workers=1)
+    pp = _candidate_config(c, short_side, seconds)
     spec = transcode_spec(pp, InputItem(path=Path("x.mp4"), rel="x.mp4"), 0.0, seconds, [(0.0, seconds)])
-    return replace(spec, bframes=c.bframes, threads=1)
+    return replace(spec, threads=1)
 
 
 def _decode_clips(data: bytes, clips: int, seed: int) -> float:

@@ -12,6 +12,7 @@ from vidshard.shards.cache_limit import parse_size  # noqa: F401 (its one home; 
 from vidshard.shards.schema import DEFAULT_PREFIX
 
 TUNES = ("fastdecode", "film", "animation", "grain", "stillimage", "psnr", "ssim", "zerolatency")
+B_PYRAMIDS = ("none", "strict", "normal")
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
@@ -32,16 +33,25 @@ class PreprocessConfig:
     """Short side of the output in pixels (even); aspect ratio kept, square pixels."""
     fps: float | None = None
     """Resample to this frame rate; ``None`` keeps each source's rate."""
-    crf: int = 23
+    crf: int = 22
     """x264 quality (constant rate factor): lower is better and bigger."""
     gop: int = 16
     """A keyframe every this many frames (a random clip start decodes at most this many extra frames)."""
     preset: str = "veryfast"
     """x264 speed preset."""
-    tune: str | None = None
-    """x264 tune, e.g. ``fastdecode`` (no CABAC, no deblocking: clips decode ~1.55x faster in the loader
-    for 1.26x the bytes at crf 22). ``None`` (default): no tune; measured here, no candidate reached the
-    bar a new default must meet (docs/performance.md, ``vidshard bench preprocess --encode-sweep``)."""
+    tune: str | None = "fastdecode"
+    """x264 tune: ``fastdecode`` (default: no CABAC, no deblocking), another x264 tune, or ``None``.
+    The default encoding (fastdecode, crf 22, 5 B-frames, no B-pyramid, fixed B placement) was chosen by
+    ``vidshard bench preprocess --encode-sweep`` (docs/performance.md)."""
+    bframes: int | None = 5
+    """B-frames between reference frames (``None``: the preset's 3). Without a B-pyramid none of them is a
+    reference, and the loader never decodes a B-frame its clip does not show."""
+    b_pyramid: str | None = "none"
+    """x264 ``b-pyramid``: ``none`` (no B-frame is a reference), ``strict``, ``normal``; ``None``: the
+    preset's (normal)."""
+    b_adapt: int | None = 0
+    """x264 ``b-adapt``: 0 always places ``bframes`` B-frames (fixed pattern), 1 fast or 2 optimal
+    adaptive placement; ``None``: the preset's (1)."""
     keep_audio: bool = False
     """Keep the first audio track (AAC); dropped by default."""
     labels_from_dirs: bool = False
@@ -106,6 +116,12 @@ class PreprocessConfig:
             raise ValueError(f"preset {self.preset!r}: one of {', '.join(PRESETS)}")
         if self.tune is not None and self.tune not in TUNES:
             raise ValueError(f"tune {self.tune!r}: one of {', '.join(TUNES)}, or none")
+        if self.bframes is not None and not 0 <= self.bframes <= 16:
+            raise ValueError(f"bframes must be in [0, 16] (x264's limit), or none, got {self.bframes}")
+        if self.b_pyramid is not None and self.b_pyramid not in B_PYRAMIDS:
+            raise ValueError(f"b_pyramid {self.b_pyramid!r}: one of {', '.join(B_PYRAMIDS)}, or none")
+        if self.b_adapt is not None and self.b_adapt not in (0, 1, 2):
+            raise ValueError(f"b_adapt must be 0, 1 or 2, or none, got {self.b_adapt}")
         if self.shard_size < 1 << 16:
             raise ValueError(f"shard_size must be at least 64 KiB, got {self.shard_size}")
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.prefix):
@@ -133,6 +149,8 @@ class PreprocessConfig:
             "chunk_seconds": self.chunk_seconds, "min_chunk_seconds": self.min_chunk_seconds,
             "short_side": self.short_side, "fps": self.fps, "codec": "h264", "pix_fmt": "yuv420p",
             "crf": self.crf, "gop": self.gop, "preset": self.preset, "tune": self.tune,
+            # A set made before these existed has none of them: read as None, the preset's choice.
+            "bframes": self.bframes, "b_pyramid": self.b_pyramid, "b_adapt": self.b_adapt,
             "keep_audio": self.keep_audio,
             "labels_from_dirs": self.labels_from_dirs, "prefix": self.prefix,
             "part": None if self.part is None else f"{self.part[0]}/{self.part[1]}",

@@ -140,7 +140,8 @@ def transcode_spec(cfg: PreprocessConfig, item: InputItem, start: float, duratio
     # in every process would put cores^2 threads on a many-core machine.
     threads = max(1, (os.cpu_count() or 1) // cfg.num_workers)
     return TranscodeSpec(threads=threads, short_side=cfg.short_side, crf=cfg.crf, gop=cfg.gop,
-                         preset=cfg.preset, tune=cfg.tune, fps=cfg.fps,
+                         preset=cfg.preset, tune=cfg.tune, bframes=cfg.bframes,
+                         b_pyramid=cfg.b_pyramid, b_adapt=cfg.b_adapt, fps=cfg.fps,
                          keep_audio=cfg.keep_audio, start_s=start if segment else None,
                          duration_s=duration if segment else None,
                          split_s=split_points(bounds, None if segment else cfg.chunk_seconds))

@@ -231,6 +231,10 @@ class TranscodeSpec:
     """libx264 ``-tune`` (e.g. ``fastdecode``: no CABAC, no deblocking); ``None``: none."""
     bframes: int | None = None
     """libx264 B-frames (``-bf``); ``None``: the preset's choice."""
+    b_pyramid: str | None = None
+    """x264 ``b-pyramid`` (``none``, ``strict``, ``normal``); ``None``: the preset's choice."""
+    b_adapt: int | None = None
+    """x264 ``b-adapt`` (0 fixed B placement, 1, 2); ``None``: the preset's choice."""
     fps: float | None = None
     """Output frame rate; ``None`` keeps the source's."""
     keep_audio: bool = False
@@ -278,6 +282,9 @@ def _x264_args(spec: TranscodeSpec) -> list[str]:
         args += ["-tune", spec.tune]
     if spec.bframes is not None:
         args += ["-bf", str(spec.bframes)]
+    x264 = {"b-pyramid": spec.b_pyramid, "b-adapt": spec.b_adapt}
+    if params := ":".join(f"{k}={v}" for k, v in x264.items() if v is not None):
+        args += ["-x264-params", params]  # applied after -preset and -tune, so it wins over both
     if spec.threads:
         args += ["-threads", str(spec.threads)]
     return args

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,8 @@ def test_help_documents_every_option() -> None:
     for opt in ("--chunk-seconds", "--min-chunk-seconds", "--short-side", "--fps", "--crf", "--gop",
                 "--keep-audio", "--labels-from-dirs", "--shard-size", "--workers", "--part", "--quiet",
                 "--dry-run", "--strict", "--retry-failed", "--tune", "--min-free-space", "--split-at-scenes",
-                "--scene-threshold", "--min-shot-seconds", "--watch", "--settle-seconds", "--flush-seconds",
+                "--scene-threshold", "--min-shot-seconds", "--bframes", "--b-pyramid", "--b-adapt",
+                "--watch", "--settle-seconds", "--flush-seconds",
                 "--poll", "--poll-seconds"):
         assert opt in text, opt
     assert "bench" in runner.invoke(app, ["--help"]).output
@@ -61,6 +63,10 @@ def test_clear_errors_for_bad_arguments(tmp_path: Path, make_video) -> None:
     assert missing.exit_code == 2 and "no such file or folder" in missing.output
     bad_part = runner.invoke(app, ["preprocess", str(tmp_path), str(tmp_path / "out"), "--part", "5/4"])
     assert bad_part.exit_code == 2 and "--part" in bad_part.output
+    for opt, value, says in (("--bframes", "many", "--bframes 'many'"), ("--b-pyramid", "flat", "b_pyramid"),
+                             ("--b-adapt", "3", "b_adapt")):
+        bad = runner.invoke(app, ["preprocess", str(tmp_path), str(tmp_path / "out"), opt, value])
+        assert bad.exit_code == 2 and says in bad.output and "Traceback" not in bad.output, bad.output
     make_video("in/a.mp4", seconds=1.0)
     runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(tmp_path / "out"), *FAST])
     changed = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(tmp_path / "out"), *FAST[2:],
@@ -107,24 +113,72 @@ def test_gop_sweep_rows() -> None:
     assert all(r["clips_per_s"] > 0 for r in rows)
 
 
+OLD_DEFAULT = ["--tune", "none", "--crf", "23", "--bframes", "preset", "--b-pyramid", "preset",
+               "--b-adapt", "preset"]  # the encoding before issue 12 changed the default
+
+
 def test_manifest_records_tune_and_an_old_manifest_without_it_means_no_tune(tmp_path: Path,
                                                                              make_video) -> None:
     make_video("in/a.mp4", seconds=1.0)
     out = tmp_path / "out"
-    res = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST, "--tune", "fastdecode"])
+    res = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST, "--tune", "film"])
     assert res.exit_code == 0, res.output
-    assert Manifest.load(out).settings["tune"] == "fastdecode"
-    # A set made before --tune existed: its manifest has no "tune", and it was encoded without one.
+    assert Manifest.load(out).settings["tune"] == "film"
+    shutil.rmtree(out)
+    # A set made with the old default before --tune and the B-frame options existed: its manifest has
+    # none of them. Adding videos with today's default must be refused (the encodings would mix) ...
+    res = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST, *OLD_DEFAULT])
+    assert res.exit_code == 0, res.output
     raw = json.loads((out / "manifest.json").read_text())
-    del raw["settings"]["tune"]
+    for key in ("tune", "bframes", "b_pyramid", "b_adapt"):
+        del raw["settings"][key]
     (out / "manifest.json").write_text(json.dumps(raw))
     make_video("in/b.mp4", seconds=1.0)
-    mixed = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST, "--tune", "fastdecode"])
-    assert mixed.exit_code == 2 and "tune None -> 'fastdecode'" in mixed.output
-    same = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST])  # the default: none
+    mixed = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST], terminal_width=300)
+    assert mixed.exit_code == 2
+    for change in ("tune None -> 'fastdecode'", "crf 23 -> 22", "b_pyramid None -> 'none'",
+                   "bframes None -> 5"):
+        assert change in " ".join(mixed.output.split()), change
+    assert Manifest.load(out).totals["videos"] == 1
+    # ... and the old options, spelled out, go on adding to it.
+    same = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(out), *FAST, *OLD_DEFAULT])
     assert same.exit_code == 0, same.output
     m = Manifest.load(out)
-    assert m.totals["videos"] == 2 and m.settings["tune"] is None
+    assert m.totals["videos"] == 2 and m.settings["tune"] is None and m.settings["b_pyramid"] is None
+
+
+def _reference_flags(shardset: Path) -> list[bool]:
+    """For every H.264 picture of every sample in ``shardset``: is it one that others reference?"""
+    import io
+    import tarfile
+
+    import av
+    from vidshard.shards.decode import _droppable, _h264_length_size
+
+    flags = []
+    for tar in sorted(shardset.glob("*.tar")):
+        with tarfile.open(tar) as t:
+            for member in (m for m in t.getmembers() if m.name.endswith(".mp4")):
+                with av.open(io.BytesIO(t.extractfile(member).read())) as c:
+                    s = c.streams.video[0]
+                    size = _h264_length_size(s)
+                    flags += [not _droppable(bytes(p), size) for p in c.demux(s) if p.size]
+    return flags
+
+
+def test_default_encoding_makes_most_pictures_non_reference(tmp_path: Path, make_video) -> None:
+    """Why the default decodes fast: no B-frame is a reference (no B-pyramid) and 5 of every 6 pictures
+    are B-frames, so a clip of every 4th frame decodes the few reference pictures and its own."""
+    make_video("in/a.mp4", seconds=2.0, fps=25, width=160, height=120, pattern="testsrc2")
+    for name, opts in (("new", []), ("old", OLD_DEFAULT)):
+        res = runner.invoke(app, ["preprocess", str(tmp_path / "in"), str(tmp_path / name), *FAST,
+                                  "--chunk-seconds", "2", *opts])
+        assert res.exit_code == 0, res.output
+    new, old = _reference_flags(tmp_path / "new"), _reference_flags(tmp_path / "old")
+    assert len(new) == len(old) == 50
+    # Per 16-frame gop: the keyframe, P-frames 6 and 12 frames on, and one ending the (closed) gop.
+    assert sum(new) <= 4 * 50 // 16 + 3, sum(new)
+    assert sum(old) >= 1.7 * sum(new), (sum(old), sum(new))  # old: about every second one is a reference
 
 
 def test_encode_sweep_arithmetic_and_choice() -> None:
@@ -134,6 +188,13 @@ def test_encode_sweep_arithmetic_and_choice() -> None:
     assert parse_candidate("none,23,32,0") == Candidate(crf=23, gop=32, bframes=0)
     with pytest.raises(ValueError, match="TUNE,CRF,GOP,BF"):
         parse_candidate("fastdecode,21")
+    assert parse_candidate("fastdecode,22,16,5,none,0") == Candidate(
+        tune="fastdecode", crf=22, gop=16, bframes=5, b_pyramid="none", b_adapt=0)
+    assert parse_candidate("none,23,16,-,-,2") == Candidate(b_adapt=2)
+    for bad, field in (("fastdecode,22,16,5,flat", "b_pyramid"), ("fastdecode,22,16,5,none,7", "b_adapt"),
+                       ("fast,22,16,-", "tune")):
+        with pytest.raises(ValueError, match=field):
+            parse_candidate(bad)
 
     def row(label, size, ssim, clips):
         return {"label": label, "bytes": size, "ssim": ssim, "psnr": 40.0, "encode_x_realtime": [10.0, 20.0],

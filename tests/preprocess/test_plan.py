@@ -160,3 +160,29 @@ def test_tune_reaches_the_ffmpeg_arguments_and_the_settings() -> None:
     assert bf[bf.index("-bf") + 1] == "0"
     with pytest.raises(ValueError, match="tune"):
         PreprocessConfig(input="in", output="out", tune="fast")
+
+
+def test_b_frame_settings_reach_the_ffmpeg_arguments_and_the_settings() -> None:
+    from vidshard.preprocess.encode import transcode_spec
+    from vidshard.preprocess.inputs import InputItem
+
+    item = InputItem(path=Path("a.mp4"), rel="a.mp4")
+    default = PreprocessConfig(input="in", output="out")
+    s = default.settings()
+    assert (s["tune"], s["crf"], s["gop"]) == ("fastdecode", 22, 16)
+    assert (s["bframes"], s["b_pyramid"], s["b_adapt"]) == (5, "none", 0)
+    args = transcode_args("a.mp4", "/o", transcode_spec(default, item, 0.0, 10.0, [(0.0, 10.0)]))
+    assert args[args.index("-bf") + 1] == "5"
+    assert args[args.index("-x264-params") + 1] == "b-pyramid=none:b-adapt=0"
+    assert args.index("-tune") < args.index("-x264-params")  # after the tune, so the tune cannot undo it
+    preset = PreprocessConfig(input="in", output="out", bframes=None, b_pyramid=None, b_adapt=None)
+    assert {k: preset.settings()[k] for k in ("bframes", "b_pyramid", "b_adapt")} == dict.fromkeys(
+        ("bframes", "b_pyramid", "b_adapt"))
+    args = transcode_args("a.mp4", "/o", transcode_spec(preset, item, 0.0, 10.0, [(0.0, 10.0)]))
+    assert "-bf" not in args and "-x264-params" not in args
+    strict = TranscodeSpec(short_side=288, crf=23, gop=16, b_pyramid="strict")
+    assert "b-pyramid=strict" in transcode_args("a.mp4", "/o", strict)
+    for bad, field in (({"bframes": 17}, "bframes"), ({"bframes": -1}, "bframes"),
+                       ({"b_pyramid": "flat"}, "b_pyramid"), ({"b_adapt": 3}, "b_adapt")):
+        with pytest.raises(ValueError, match=field):
+            PreprocessConfig(input="in", output="out", **bad)

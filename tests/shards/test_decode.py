@@ -128,3 +128,41 @@ def test_uniform_clip_spreads_over_the_sample_in_order(counter_mp4: bytes) -> No
     spec = ClipSpec(frames=8, sampling="uniform", train=False)
     (clip,) = decode_sample(counter_mp4, lambda n, w, h: plan_sample(n, w, h, spec, random.Random(0)), SIDE)
     assert _numbers(clip[0]) == [int(15 * (i + 0.5)) for i in range(8)]  # 120 frames, 8 segments of 15
+
+
+def _one_view_graph(frames: list[VideoFrame], box: Box, size: int, flip: bool) -> np.ndarray:
+    """The reference: a graph built for this view alone, its box fixed at construction."""
+    g = av.filter.Graph()
+    f = frames[0]
+    chain = [g.add_buffer(width=f.width, height=f.height, format=f.format.name, time_base=f.time_base or 1),
+             g.add("crop", f"{box.w}:{box.h}:{box.x}:{box.y}:exact=1"),
+             g.add("scale", f"{size}:{size}:flags=bilinear"),
+             g.add("format", "yuv420p|yuv444p"), g.add("scale", "flags=bilinear"), g.add("format", "gbrp"),
+             *([g.add("hflip")] if flip else []), g.add("buffersink")]
+    for a, b in zip(chain, chain[1:], strict=False):
+        a.link_to(b)
+    g.configure()
+    out = np.empty((3, len(frames), size, size), np.uint8)
+    for t, frame in enumerate(frames):
+        g.push(frame)
+        for c, plane in zip((1, 2, 0), g.pull().planes, strict=True):
+            out[c, t] = np.frombuffer(plane, np.uint8).reshape(size, plane.line_size)[:, :size]
+    return out
+
+
+def test_a_reused_graph_gives_what_a_graph_built_for_the_view_gives(counter_mp4: bytes) -> None:
+    """crop_resize keeps one filter graph per source geometry and moves its crop box by a command: every
+    box, flip and size in any order must come out exactly as from a graph built for that view alone."""
+    from vidshard.shards import decode
+
+    rng = np.random.default_rng(0)
+    gray = VideoFrame.from_ndarray(rng.integers(0, 255, (60 * 3 // 2, 100), np.uint8), format="yuv420p")
+    with av.open(io.BytesIO(counter_mp4)) as c:
+        frames = [f for _, f in zip(range(4), c.decode(video=0), strict=False)]
+    views = [(frames, Box(0, 0, SIDE, SIDE), 32, False), (frames, Box(10, 20, 41, 33), 32, False),
+             ([gray], Box(3, 5, 90, 50), 32, False), (frames, Box(40, 2, 40, 70), 48, True),
+             (frames, Box(10, 20, 41, 33), 32, True), (frames, Box(0, 0, 17, 15), 32, False)]
+    decode._CHAINS.clear()
+    for fr, box, size, flip in views * 2:
+        assert np.array_equal(crop_resize(fr, box, size, flip), _one_view_graph(fr, box, size, flip)), box
+    assert len(decode._CHAINS) == 4  # one per (geometry, size, flip): 4 of the 6 views' keys differ
